@@ -1,0 +1,58 @@
+"""Resolve a config's component sections against the registries and build components.
+
+``resolve_config`` runs before any data is read, so an unknown name, unknown key or
+wrong type fails in a second; the resolved dict (every default filled in) is what a
+run saves to ``config.yaml`` and into its checkpoints.
+"""
+from __future__ import annotations
+
+import copy
+
+from . import data, losses, models, optim  # noqa: F401  (registration)
+from .config import check_schema
+from .registry import (AUGMENTATIONS, DATASETS, LOSSES, MODELS, OPTIMIZERS, SAMPLERS, SCHEDULERS,
+                       ConfigError)
+
+# section -> (registry, arguments derived from the data or the trainer, default section)
+COMPONENTS = {
+    "data": (DATASETS, (), None),
+    "model": (MODELS, ("in_leads", "num_classes"), None),
+    "loss": (LOSSES, ("multilabel", "class_counts"), None),
+    "optimizer": (OPTIMIZERS, ("params",), {"type": "radam"}),
+    "schedule": (SCHEDULERS, ("optimizer", "steps_per_epoch", "epochs"), {"type": "warmup_cooldown"}),
+    "sampler": (SAMPLERS, ("labels", "seed"), {"type": "random"}),
+}
+
+
+def resolve_config(cfg: dict) -> dict:
+    cfg = check_schema(copy.deepcopy(cfg))
+    for section, (registry, derived, default) in COMPONENTS.items():
+        if section not in cfg:
+            if default is None:
+                raise ConfigError(f"{section}: missing section; name a {registry.kind} type "
+                                  f"(one of: {', '.join(registry.names())})")
+            cfg[section] = dict(default)
+        elif default is not None and isinstance(cfg[section], dict) and "type" not in cfg[section]:
+            cfg[section] = {**default, **cfg[section]}   # e.g. ``optimizer: {lr: 1e-4}`` keeps radam
+        cfg[section] = registry.resolve(cfg[section], section, derived)
+    cfg["augment"] = [AUGMENTATIONS.resolve(a, f"augment[{i}]", ("fs",)) for i, a in enumerate(cfg["augment"])]
+    if cfg["split"]["type"] == "random" and cfg["split"]["val_fraction"] + cfg["split"]["test_fraction"] >= 1:
+        raise ConfigError("split: val_fraction + test_fraction must be below 1")
+    sched = cfg["schedule"]
+    if sched["type"] == "warmup_cooldown" and sched["warmup_epochs"] + sched["cooldown_epochs"] > cfg["train"]["epochs"]:
+        raise ConfigError(f"schedule: warmup_epochs + cooldown_epochs ({sched['warmup_epochs']} + "
+                          f"{sched['cooldown_epochs']}) exceed train.epochs ({cfg['train']['epochs']})")
+    return cfg
+
+
+def build(section: str, cfg: dict, **derived):
+    registry = COMPONENTS[section][0]
+    return registry.build(cfg[section], section, **derived)
+
+
+def build_augmentations(cfg: dict, fs: float) -> list:
+    out = []
+    for i, aug in enumerate(cfg["augment"]):
+        takes_fs = "fs" in AUGMENTATIONS.settings(aug["type"])
+        out.append(AUGMENTATIONS.build(aug, f"augment[{i}]", **({"fs": fs} if takes_fs else {})))
+    return out

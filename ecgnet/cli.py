@@ -1,0 +1,76 @@
+"""Command-line entry points (tools/*.py and the ecgnet-* console scripts call these).
+
+User mistakes (ConfigError, DataError) print one line and exit with code 2;
+programming errors keep their traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from .registry import ConfigError, DataError
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def _guard(fn: Callable[[], None]) -> int:
+    try:
+        fn()
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume RUN_DIR", file=sys.stderr)
+        return 130
+    return 0
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train one model, or K fold models, from a YAML config.")
+    parser.add_argument("--config", help="YAML config (with _base_ inheritance)")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides such as train.epochs=5 model.dropout=0.3 (values parsed as YAML)")
+    parser.add_argument("--folds", type=int, help="k-fold cross-validation with K models")
+    parser.add_argument("--work-dir", help="run directory (default runs/<name>, never overwritten)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run with its saved config")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    def run():
+        from .config import load_config
+        from .engine.run import resume, train
+        if args.resume:
+            if args.config or args.opts or args.folds or args.work_dir:
+                raise ConfigError("--resume: uses the run's saved config; drop --config/--opts/--folds/--work-dir")
+            run_dir = resume(args.resume)
+        else:
+            if not args.config:
+                raise ConfigError("--config: required (or --resume RUN_DIR)")
+            if args.folds is not None and args.folds < 0:
+                raise ConfigError("--folds: must be >= 0")
+            run_dir = train(load_config(args.config, args.opts), work_dir=args.work_dir, folds=args.folds)
+        print(f"run directory: {run_dir}")
+    return _guard(run)
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Evaluate a checkpoint, a run, or all folds of a k-fold run "
+                                                 "and their ensembles.")
+    parser.add_argument("--ckpt", required=True, help="a .pt file, a run directory or a k-fold run directory")
+    parser.add_argument("--config", help="read the data with this config instead of the checkpoint's")
+    parser.add_argument("--split", choices=["test", "val"], default="test")
+    parser.add_argument("--out", help="report directory (default RUN_DIR/eval/SPLIT)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    def run():
+        from .engine.evaluate import evaluate
+        evaluate(args.ckpt, args.split, args.out, args.config)
+    return _guard(run)

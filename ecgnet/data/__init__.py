@@ -1,0 +1,7 @@
+"""Datasets: the adapter contract, shared transforms, splits and samplers, and one
+module per dataset; importing this package registers every adapter."""
+from . import samplers, synthetic, transforms  # noqa: F401  (registration)
+from .base import ECGAdapter, RecordSet
+from .splits import assert_disjoint, make_splits
+
+__all__ = ["ECGAdapter", "RecordSet", "assert_disjoint", "make_splits"]

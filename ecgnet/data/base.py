@@ -1,0 +1,80 @@
+"""The adapter contract every dataset implements.
+
+An adapter reads one dataset in its published layout and exposes:
+``records()`` -> a :class:`RecordSet` (ids, patient ids, labels, class names,
+sampling rate, leads, optional predefined folds) and ``load(i)`` -> one record's
+signal as float32 ``(leads, samples)`` at the source rate. Everything after that
+(splits, resampling, filtering, normalisation, windows, augmentation, sampling)
+is shared code, so a new dataset is one file with one registered class.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..registry import DataError
+
+
+@dataclass
+class RecordSet:
+    ids: list[str]
+    groups: list[str]              # patient ids; splits never put one patient on both sides
+    labels: np.ndarray             # (N, C) float32 multi-hot, or (N,) int64 class index
+    class_names: list[str]
+    fs: float                      # source sampling rate in Hz
+    leads: list[str]
+    folds: Optional[np.ndarray] = None   # predefined fold per record (e.g. PTB-XL strat_fold)
+    skipped: dict = field(default_factory=dict)   # reason -> [record ids] left out while reading
+
+    def __post_init__(self):
+        n = len(self.ids)
+        if n == 0:
+            raise DataError("the dataset has no records; check the data settings and the folder")
+        if len(self.groups) != n or len(self.labels) != n or (self.folds is not None and len(self.folds) != n):
+            raise DataError(f"record set is inconsistent: {n} ids, {len(self.groups)} groups, "
+                            f"{len(self.labels)} labels")
+        if len(set(self.ids)) != n:
+            raise DataError("record ids are not unique")
+        if self.labels.ndim == 2 and self.labels.shape[1] != len(self.class_names):
+            raise DataError(f"{self.labels.shape[1]} label columns but {len(self.class_names)} class names")
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def multi_hot(self, index: np.ndarray | None = None) -> np.ndarray:
+        """Labels as (n, C) 0/1 float32, whatever the task type."""
+        labels = self.labels if index is None else self.labels[index]
+        if self.multilabel:
+            return labels.astype(np.float32)
+        out = np.zeros((len(labels), self.num_classes), np.float32)
+        out[np.arange(len(labels)), labels] = 1
+        return out
+
+    def class_counts(self, index: np.ndarray) -> list[int]:
+        return self.multi_hot(index).sum(0).astype(int).tolist()
+
+
+class ECGAdapter:
+    """Base class of dataset adapters; subclasses are registered in ``DATASETS``."""
+
+    #: length of a record in seconds when every record has the same length, else None
+    record_length_s: Optional[float] = None
+
+    def records(self) -> RecordSet:
+        raise NotImplementedError
+
+    def load(self, index: int) -> np.ndarray:
+        """Signal of record ``index`` as float32 (leads, samples) at ``records().fs``."""
+        raise NotImplementedError
+
+    def cache_key(self) -> Optional[str]:
+        """A string that changes whenever the source files or reading settings change;
+        None disables the preprocessing cache (e.g. for generated data)."""
+        return None

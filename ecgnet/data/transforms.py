@@ -1,0 +1,191 @@
+"""Deterministic signal transforms (resample, band-pass, normalise, crop/pad, windows)
+and the registered training augmentations."""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import signal as sps
+
+from ..registry import AUGMENTATIONS, ConfigError
+
+
+def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
+    """Polyphase resampling along time; (leads, samples) -> (leads, samples * fs_out / fs_in)."""
+    if fs_in == fs_out:
+        return x
+    ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
+    return sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
+
+
+def bandpass(x: np.ndarray, fs: float, low_hz: float, high_hz: float, order: int = 3) -> np.ndarray:
+    """Zero-phase Butterworth band-pass; removes baseline wander and high-frequency noise."""
+    nyquist = fs / 2
+    if not 0 < low_hz < high_hz:
+        raise ConfigError(f"preprocess.bandpass_hz: need 0 < low < high, got [{low_hz}, {high_hz}]")
+    high_hz = min(high_hz, 0.95 * nyquist)   # a cut-off above Nyquist is meaningless at low fs
+    sos = sps.butter(order, [low_hz, high_hz], btype="bandpass", fs=fs, output="sos")
+    padlen = min(x.shape[-1] - 1, 3 * (2 * len(sos) + 1))
+    return sps.sosfiltfilt(sos, x, axis=-1, padlen=padlen).astype(np.float32)
+
+
+def preprocess(x: np.ndarray, fs: float, cfg: dict) -> np.ndarray:
+    """The once-per-record steps of the ``preprocess`` section (not normalisation)."""
+    x = np.nan_to_num(np.asarray(x, np.float32))
+    if cfg["fs"] is not None:
+        x = resample(x, fs, cfg["fs"])
+        fs = cfg["fs"]
+    if cfg["bandpass_hz"] is not None:
+        low, high = cfg["bandpass_hz"]
+        x = bandpass(x, fs, float(low), float(high), cfg["filter_order"])
+    return x
+
+
+class Normalizer:
+    """z-score normalisation. ``per_lead`` statistics come from the training records only
+    and travel in the checkpoint; ``per_record`` uses each record's own statistics."""
+
+    def __init__(self, mode: str = "per_lead", mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None):
+        self.mode = mode
+        self.mean = None if mean is None else np.asarray(mean, np.float32)[:, None]
+        self.std = None if std is None else np.asarray(std, np.float32)[:, None]
+
+    def fit(self, signals: Sequence[np.ndarray]) -> "Normalizer":
+        if self.mode == "per_lead":
+            total = sum(s.sum(axis=1, dtype=np.float64) for s in signals)
+            count = sum(s.shape[1] for s in signals)
+            mean = total / count
+            var = sum(((s - mean[:, None]) ** 2).sum(axis=1, dtype=np.float64) for s in signals) / count
+            self.mean = mean.astype(np.float32)[:, None]
+            self.std = np.sqrt(np.maximum(var, 1e-12)).astype(np.float32)[:, None]
+        return self
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.mode == "per_lead":
+            return (x - self.mean) / self.std
+        if self.mode == "per_record":
+            return (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-6)
+        return x
+
+    def state_dict(self) -> dict:
+        return {"mode": self.mode,
+                "mean": None if self.mean is None else self.mean[:, 0].tolist(),
+                "std": None if self.std is None else self.std[:, 0].tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Normalizer":
+        return cls(state["mode"], state["mean"], state["std"])
+
+
+def crop_or_pad(x: np.ndarray, length: int, start: int = 0) -> np.ndarray:
+    """Window ``[start, start + length)``; records shorter than ``length`` are zero-padded at the end."""
+    out = x[:, start:start + length]
+    if out.shape[1] < length:
+        out = np.pad(out, ((0, 0), (0, length - out.shape[1])))
+    return out
+
+
+def random_crop(x: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    start = int(rng.integers(0, x.shape[1] - length + 1)) if x.shape[1] > length else 0
+    return crop_or_pad(x, length, start)
+
+
+def window_starts(n_samples: int, length: int, stride: int) -> list[int]:
+    """Sliding-window starts covering the whole record; the last window ends at the record's end."""
+    if n_samples <= length:
+        return [0]
+    starts = list(range(0, n_samples - length + 1, stride))
+    if starts[-1] != n_samples - length:
+        starts.append(n_samples - length)
+    return starts
+
+
+# ---- augmentations: called as aug(x (leads, samples), rng) on training windows only ----
+
+class Augmentation:
+    def __init__(self, p: float):
+        if not 0 <= p <= 1:
+            raise ConfigError(f"augment: p must be in [0, 1], got {p}")
+        self.p = p
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.apply(x, rng) if rng.random() < self.p else x
+
+    def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+
+@AUGMENTATIONS.register("gaussian_noise")
+class GaussianNoise(Augmentation):
+    """Additive white noise with standard deviation ``std`` (in normalised units)."""
+
+    def __init__(self, std: float = 0.05, p: float = 0.5):
+        super().__init__(p)
+        self.std = std
+
+    def apply(self, x, rng):
+        return x + rng.normal(0.0, self.std, x.shape).astype(np.float32)
+
+
+@AUGMENTATIONS.register("amplitude_scale")
+class AmplitudeScale(Augmentation):
+    """Multiply each lead by a factor drawn from [low, high] (electrode gain, body habitus)."""
+
+    def __init__(self, low: float = 0.8, high: float = 1.2, p: float = 0.5):
+        super().__init__(p)
+        self.low, self.high = low, high
+
+    def apply(self, x, rng):
+        return x * rng.uniform(self.low, self.high, (x.shape[0], 1)).astype(np.float32)
+
+
+@AUGMENTATIONS.register("time_warp")
+class TimeWarp(Augmentation):
+    """Stretch or compress time by up to ``max_stretch`` (heart-rate change), keeping the length."""
+
+    def __init__(self, max_stretch: float = 0.1, p: float = 0.5):
+        super().__init__(p)
+        self.max_stretch = max_stretch
+
+    def apply(self, x, rng):
+        n = x.shape[1]
+        factor = 1 + rng.uniform(-self.max_stretch, self.max_stretch)
+        positions = np.arange(n) / factor
+        warped = np.stack([np.interp(positions, np.arange(n), lead, right=0.0) for lead in x])
+        return warped.astype(np.float32)
+
+
+@AUGMENTATIONS.register("random_crop")
+class RandomCrop(Augmentation):
+    """Keep a random segment of at least ``min_fraction`` of the window, zero the rest
+    (short or partly missing recordings)."""
+
+    def __init__(self, min_fraction: float = 0.5, p: float = 0.5):
+        super().__init__(p)
+        self.min_fraction = min_fraction
+
+    def apply(self, x, rng):
+        n = x.shape[1]
+        keep = int(n * rng.uniform(self.min_fraction, 1.0))
+        start = int(rng.integers(0, n - keep + 1))
+        out = np.zeros_like(x)
+        out[:, start:start + keep] = x[:, start:start + keep]
+        return out
+
+
+@AUGMENTATIONS.register("baseline_wander")
+class BaselineWander(Augmentation):
+    """Add a slow sinusoidal drift (respiration, electrode motion) of up to ``amplitude``."""
+
+    def __init__(self, fs: float, amplitude: float = 0.2, max_freq_hz: float = 0.5, p: float = 0.5):
+        super().__init__(p)   # fs is the signal's rate after preprocessing, passed by the pipeline
+        self.fs, self.amplitude, self.max_freq_hz = fs, amplitude, max_freq_hz
+
+    def apply(self, x, rng):
+        t = np.arange(x.shape[1]) / self.fs
+        freq = rng.uniform(0.05, self.max_freq_hz)
+        phase = rng.uniform(0, 2 * np.pi, (x.shape[0], 1))
+        amp = rng.uniform(0, self.amplitude, (x.shape[0], 1))
+        return (x + amp * np.sin(2 * np.pi * freq * t + phase)).astype(np.float32)

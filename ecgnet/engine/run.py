@@ -1,0 +1,140 @@
+"""A training run: resolve the config, load the data once, split, train one model or K fold
+models, and leave everything in ``runs/<name>/``.
+
+Layout: ``config.yaml`` (resolved), ``env.json``, ``splits.json``, ``train.log`` and, per model,
+``best.pt last.pt history.csv tb/`` — directly in the run directory for one model,
+in ``fold{k}/`` for k-fold.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..build import build, resolve_config
+from ..config import check_schema, dump_config, load_yaml_tree
+from ..data.dataset import load_signals
+from ..data.splits import make_splits
+from ..registry import ConfigError
+from ..reports import write_json
+from .checkpoint import load_checkpoint, seed_everything
+from .predict import resolve_device
+from .trainer import PreparedData, Trainer
+
+log = logging.getLogger(__name__)
+
+
+def prepare_data(cfg: dict, progress: bool = False) -> PreparedData:
+    """Build the adapter, read its record list and load every record once."""
+    adapter = build("data", cfg)
+    records = adapter.records()
+    for reason, ids in records.skipped.items():
+        log.warning("skipped %d record(s) (%s): %s", len(ids), reason, ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""))
+    fs = cfg["preprocess"]["fs"] or records.fs
+    window_s = cfg["input"]["window_s"] or adapter.record_length_s
+    if window_s is None:
+        raise ConfigError("input.window_s: required for a dataset whose records differ in length, e.g. 10")
+    window = int(round(window_s * fs))
+    stride = int(round((cfg["input"]["eval_stride_s"] or window_s) * fs))
+    if window < 8 or stride < 1:
+        raise ConfigError(f"input: window of {window} samples / stride {stride} at {fs} Hz is too short")
+    signals = load_signals(adapter, records.fs, cfg["preprocess"], progress)
+    return PreparedData(records, signals, fs, window, stride)
+
+
+def model_dirs(run_dir: Path, folds: int) -> list[Path]:
+    return [run_dir / f"fold{k}" for k in range(folds)] if folds > 1 else [run_dir]
+
+
+def _new_run_dir(cfg: dict, work_dir: str | None) -> Path:
+    if work_dir is not None:
+        run_dir = Path(work_dir)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"--work-dir {run_dir}: already holds a run; continue it with --resume {run_dir} "
+                              "or choose another directory")
+        return run_dir
+    base = Path(cfg["work_dir"]) / cfg["name"]
+    run_dir, n = base, 1
+    while run_dir.exists():          # never overwrite an earlier run
+        n += 1
+        run_dir = base.with_name(f"{base.name}_{n}")
+    return run_dir
+
+
+def _env(cfg: dict) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"command": sys.argv, "ecgnet": __version__, "git_commit": commit, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform(),
+            "device": str(resolve_device(cfg["train"]["device"])), "seed": cfg["seed"],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _log_to_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("ecgnet").addHandler(handler)
+    return handler
+
+
+def train(cfg: dict, work_dir: str | None = None, folds: int | None = None) -> Path:
+    """Train from a loaded config (see ``config.load_config``); returns the run directory."""
+    if folds is not None:
+        cfg = {**cfg, "kfold": {**cfg.get("kfold", {}), "folds": folds}}
+    cfg = resolve_config(cfg)
+    run_dir = _new_run_dir(cfg, work_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    write_json(_env(cfg), run_dir / "env.json")
+    return _run(cfg, run_dir)
+
+
+def resume(run_dir: str | Path) -> Path:
+    """Continue an interrupted run from its own config.yaml and last.pt files."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there; pass the directory a run was started in")
+    cfg = resolve_config(check_schema(load_yaml_tree(run_dir / "config.yaml")))
+    return _run(cfg, run_dir)
+
+
+def _run(cfg: dict, run_dir: Path) -> Path:
+    handler = _log_to_file(run_dir)
+    try:
+        seed_everything(cfg["seed"])
+        data = prepare_data(cfg, progress=cfg["train"]["progress"] == "on" or sys.stderr.isatty())
+        folds = cfg["kfold"]["folds"]
+        splits = make_splits(data.records, cfg["split"], folds)
+        ids = np.asarray(data.records.ids)
+        write_json({"test": ids[splits["test"]].tolist(),
+                    "folds": [{"train": ids[t].tolist(), "val": ids[v].tolist()} for t, v in splits["folds"]]},
+                   run_dir / "splits.json")
+        log.info("%d records (%s), %d classes, %d test; %d model(s)", len(ids),
+                 "multi-label" if data.records.multilabel else "single-label", data.records.num_classes,
+                 len(splits["test"]), len(splits["folds"]))
+        summary = {}
+        for k, (out_dir, (train_idx, val_idx)) in enumerate(zip(model_dirs(run_dir, folds), splits["folds"])):
+            last = out_dir / "last.pt"
+            if last.is_file() and load_checkpoint(last).get("finished"):
+                log.info("fold %d already finished; skipping", k)
+                summary[out_dir.name] = load_checkpoint(out_dir / "best.pt")["val_metrics"]
+                continue
+            log.info("fold %d: %d train / %d val records", k, len(train_idx), len(val_idx))
+            trainer = Trainer(cfg, data, {"train": train_idx, "val": val_idx, "test": splits["test"]}, out_dir, k)
+            summary[out_dir.name] = trainer.fit()
+        write_json(summary, run_dir / "val_summary.json")
+    finally:
+        logging.getLogger("ecgnet").removeHandler(handler)
+        handler.close()
+    return run_dir

@@ -1,0 +1,248 @@
+"""One model's training: the epoch loop, validation, early stopping, checkpoints,
+and the per-class thresholds tuned on validation at the end."""
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.utils.data
+from tqdm import tqdm
+
+from ..build import build, build_augmentations
+from ..data.base import RecordSet
+from ..data.dataset import EvalWindows, TrainWindows
+from ..data.transforms import Normalizer
+from ..metrics import classification_metrics, summary
+from ..registry import ConfigError, hint
+from ..thresholds import decide, tune_thresholds
+from .checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .predict import amp_dtype, autocast, predict, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """Everything loaded once per run and shared by its folds."""
+    records: RecordSet
+    signals: list            # preprocessed float32 (leads, samples) per record
+    fs: float                # rate after preprocessing
+    window: int              # samples the network sees
+    stride: int              # evaluation window stride
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Loss targets: (N, C) float multi-hot, or (N,) int64 class index."""
+        return self.records.labels
+
+
+def monitor_mode(cfg_train: dict) -> str:
+    if cfg_train["monitor_mode"] != "auto":
+        return cfg_train["monitor_mode"]
+    return "min" if cfg_train["monitor"].endswith("loss") else "max"
+
+
+def _epoch_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+class Trainer:
+    def __init__(self, cfg: dict, data: PreparedData, split: dict[str, np.ndarray], out_dir: Path, fold: int = 0):
+        self.cfg, self.data, self.split, self.out_dir, self.fold = cfg, data, split, out_dir, fold
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tcfg = cfg["train"]
+        self.seed = cfg["seed"] + fold
+        self.device = resolve_device(tcfg["device"])
+        self.dtype = amp_dtype(tcfg["amp"], self.device)
+        records = data.records
+        train_idx = split["train"]
+
+        self.normalizer = Normalizer(cfg["preprocess"]["normalize"]).fit([data.signals[i] for i in train_idx])
+        torch.manual_seed(self.seed)   # model initialisation depends on the seed only
+        self.model = build("model", cfg, in_leads=len(records.leads), num_classes=records.num_classes).to(self.device)
+        self.loss_fn = build("loss", cfg, multilabel=records.multilabel,
+                             class_counts=records.class_counts(train_idx)).to(self.device)
+        self.sampler = build("sampler", cfg, labels=records.multi_hot(train_idx), seed=self.seed)
+        self.train_set = TrainWindows(data.signals, data.targets, train_idx, data.window, self.normalizer,
+                                      build_augmentations(cfg, data.fs),
+                                      getattr(self.sampler, "noise_std", 0.0), self.seed)
+        self.train_loader = torch.utils.data.DataLoader(
+            self.train_set, batch_size=tcfg["batch_size"], sampler=self.sampler, drop_last=False,
+            num_workers=tcfg["num_workers"], pin_memory=self.device.type == "cuda")
+        self.val_windows = EvalWindows(data.signals, split["val"], data.window, data.stride, self.normalizer)
+        steps = len(self.train_loader)
+        self.optimizer = build("optimizer", cfg, params=self.model.parameters())
+        self.scheduler = build("schedule", cfg, optimizer=self.optimizer, steps_per_epoch=steps, epochs=tcfg["epochs"])
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.mode = monitor_mode(tcfg)
+        self.epoch, self.step, self.bad_epochs, self.stopped = 0, 0, 0, False
+        self.best = {"value": None, "epoch": None}
+        self.history: list[dict] = []
+        self.thresholds = None
+        if (out_dir / "last.pt").is_file():
+            self._restore(load_checkpoint(out_dir / "last.pt"))
+
+    # ---- the loop ----
+    def train_one_epoch(self) -> float:
+        self.model.train()
+        self.sampler.set_epoch(self.epoch)
+        self.train_set.set_epoch(self.epoch)
+        torch.manual_seed(_epoch_seed(self.seed, self.epoch))   # dropout draws do not depend on history
+        loss_sum, seen = torch.zeros((), device=self.device), 0
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg['train']['epochs']}",
+                   leave=False, disable=not self._progress())
+        for x, y in bar:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with autocast(self.device, self.dtype):
+                loss = self.loss_fn(self.model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg["train"]["clip_grad_norm"]:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["train"]["clip_grad_norm"])
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()                     # per iteration: warmup -> hold -> cooldown
+            self.step += 1
+            loss_sum += loss.detach() * len(y)        # no .item() per step: it would sync a GPU
+            seen += len(y)
+        return (loss_sum / max(seen, 1)).item()
+
+    def validate(self, thresholds=None) -> tuple[dict, np.ndarray]:
+        records = self.data.records
+        probs, loss = predict(self.model, self.val_windows, records.multilabel, self.device, self.dtype,
+                              self.cfg["train"]["eval_batch_size"], self.loss_fn, self.data.targets[self.split["val"]])
+        y = records.multi_hot(self.split["val"])
+        metrics = classification_metrics(y, probs, decide(probs, thresholds, records.multilabel),
+                                         records.class_names, records.multilabel)
+        return {"val/loss": loss, **{f"val/{k}": v for k, v in summary(metrics).items()}}, probs
+
+    def fit(self) -> dict:
+        tcfg = self.cfg["train"]
+        writer = self._writer()
+        monitor = tcfg["monitor"]
+        while self.epoch < tcfg["epochs"] and not self.stopped:
+            start = time.time()
+            train_loss = self.train_one_epoch()
+            val, _ = self.validate()
+            if monitor not in val:
+                raise ConfigError(f"train.monitor: '{monitor}' is not a validation metric{hint(monitor, val)}")
+            row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+                   "train/loss": train_loss, **val, "time_s": round(time.time() - start, 2)}
+            self.history.append(row)
+            improved = self._improved(val[monitor])
+            if improved:
+                self.best = {"value": val[monitor], "epoch": self.epoch + 1}
+                self.bad_epochs = 0
+            else:
+                self.bad_epochs += 1
+            patience = tcfg["early_stop_patience"]
+            self.stopped = patience is not None and self.bad_epochs >= patience
+            self.epoch += 1
+            if improved:
+                save_checkpoint(self.state_dict(), self.out_dir / "best.pt")
+            save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
+            self._log_epoch(row, writer, improved)
+        if writer:
+            writer.close()
+        return self.finalize()
+
+    def finalize(self) -> dict:
+        """Reload the best weights, tune thresholds on validation, store them in best.pt."""
+        best = load_checkpoint(self.out_dir / "best.pt")
+        self.model.load_state_dict(best["model"])
+        records = self.data.records
+        _, probs = self.validate()
+        tcfg = self.cfg["thresholds"]
+        wants_tuning = records.multilabel or tcfg["single_label"] == "tuned"
+        if wants_tuning and tcfg["tune"]:
+            self.thresholds = tune_thresholds(records.multi_hot(self.split["val"]), probs, records.class_names,
+                                              tcfg["default"])
+        elif records.multilabel:
+            self.thresholds = [tcfg["default"]] * records.num_classes
+        val, _ = self.validate(self.thresholds)
+        best.update(thresholds=self.thresholds, val_metrics=val, finished=True)
+        save_checkpoint(best, self.out_dir / "best.pt")
+        last = self.state_dict()
+        last["finished"] = True
+        save_checkpoint(last, self.out_dir / "last.pt")
+        log.info("fold %d: best %s = %s at epoch %s; with tuned thresholds: %s", self.fold,
+                 self.cfg["train"]["monitor"], _fmt(self.best["value"]), self.best["epoch"],
+                 ", ".join(f"{k}={_fmt(v)}" for k, v in val.items()))
+        return val
+
+    # ---- state ----
+    def state_dict(self) -> dict:
+        records = self.data.records
+        ids = np.asarray(records.ids)
+        return {
+            "format": FORMAT, "config": self.cfg, "fold": self.fold,
+            "class_names": list(records.class_names), "multilabel": records.multilabel,
+            "leads": list(records.leads), "fs": self.data.fs, "window": self.data.window, "stride": self.data.stride,
+            "normalizer": self.normalizer.state_dict(),
+            "split": {name: ids[idx].tolist() for name, idx in self.split.items()},
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "next_epoch": self.epoch, "step": self.step, "best": dict(self.best), "bad_epochs": self.bad_epochs,
+            "stopped": self.stopped, "history": self.history, "rng": rng_state(),
+            "thresholds": self.thresholds, "finished": False,
+        }
+
+    def _restore(self, state: dict) -> None:
+        saved_ids = state["split"]
+        ids = np.asarray(self.data.records.ids)
+        if any(ids[idx].tolist() != saved_ids[name] for name, idx in self.split.items()):
+            raise ConfigError(f"{self.out_dir / 'last.pt'}: the data split differs from the one this run "
+                              "started with; resume with the same data and config")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.bad_epochs = state["next_epoch"], state["step"], state["bad_epochs"]
+        self.best, self.stopped, self.history = state["best"], state["stopped"], state["history"]
+        set_rng_state(state["rng"])
+        log.info("fold %d: resuming at epoch %d (step %d)", self.fold, self.epoch + 1, self.step)
+
+    def _improved(self, value) -> bool:
+        if value is None:
+            return self.best["value"] is None and self.best["epoch"] is None
+        if self.best["value"] is None:
+            return True
+        return value > self.best["value"] if self.mode == "max" else value < self.best["value"]
+
+    # ---- logging ----
+    def _progress(self) -> bool:
+        setting = self.cfg["train"]["progress"]
+        return setting == "on" or (setting == "auto" and sys.stderr.isatty())
+
+    def _writer(self):
+        if not self.cfg["train"]["tensorboard"]:
+            return None
+        from torch.utils.tensorboard import SummaryWriter   # imported lazily: slow, and optional per run
+        return SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step or None)
+
+    def _log_epoch(self, row: dict, writer, improved: bool) -> None:
+        with (self.out_dir / "history.csv").open("w", newline="") as f:
+            keys = list(dict.fromkeys(k for r in self.history for k in r))
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.history)
+        if writer:
+            for key, value in row.items():
+                if key not in ("epoch", "step", "time_s") and value is not None:
+                    writer.add_scalar(key, value, self.step)
+            writer.flush()
+        log.info("fold %d epoch %d: %s%s", self.fold, row["epoch"],
+                 " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("epoch", "step")),
+                 " *" if improved else "")
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

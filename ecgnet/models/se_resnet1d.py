@@ -1,0 +1,64 @@
+"""1D ResNet with squeeze-excitation in every block, the common PTB-XL / CinC baseline shape.
+
+Stem conv (stride 2) -> one post-activation residual block per entry of ``widths`` (two convs, SE on
+the second, stride 2 in every other block) -> global average pool -> two dense layers.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..registry import MODELS
+from .layers import ConvBnAct1d, PoolMLPHead, SqueezeExcite1d, check_settings
+
+
+class SEBlock1d(nn.Module):
+    """conv -> BN -> ReLU -> Dropout -> conv -> BN -> SE, plus the shortcut, then ReLU.
+
+    ``(batch, in_channels, samples) -> (batch, out_channels, ceil(samples / stride))``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 se_reduction: int, dropout: float):
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvBnAct1d(in_channels, out_channels, kernel_size, stride), nn.Dropout(dropout),
+            ConvBnAct1d(out_channels, out_channels, kernel_size, act=False),
+            SqueezeExcite1d(out_channels, se_reduction))
+        # A 1x1 strided conv also yields ceil(samples / stride), so both paths keep the same length.
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = ConvBnAct1d(in_channels, out_channels, 1, stride, act=False)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+@MODELS.register("se_resnet1d")
+class SEResNet1d(nn.Module):
+    """SE-ResNet: ``len(widths)`` residual blocks, 32x subsampling at the default 8 blocks.
+
+    ``(batch, in_leads, samples) -> logits (batch, num_classes)``.
+    """
+
+    def __init__(self, in_leads: int, num_classes: int,
+                 widths: Sequence[int] = (64, 64, 64, 64, 128, 128, 128, 128), kernel_size: int = 15,
+                 se_reduction: int = 8, hidden: int = 64, dropout: float = 0.2):
+        super().__init__()
+        check_settings("se_resnet1d", dropout, {"widths": widths}, kernel_size=kernel_size,
+                       se_reduction=se_reduction, hidden=hidden)
+        # A strided stem halves the sequence before the costliest (full-length) convolutions.
+        self.stem = ConvBnAct1d(in_leads, widths[0], kernel_size, stride=2)
+        channels = [widths[0], *widths]
+        self.blocks = nn.Sequential(*[
+            SEBlock1d(channels[i], width, kernel_size, stride=2 if i % 2 else 1,
+                      se_reduction=se_reduction, dropout=dropout)
+            for i, width in enumerate(widths)])
+        self.head = PoolMLPHead(widths[-1], hidden, num_classes, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, leads, samples)`` -> logits ``(batch, num_classes)``; no sigmoid/softmax here."""
+        return self.head(self.blocks(self.stem(x)))
