@@ -91,7 +91,7 @@ _DERIVE[6:, 2:] = np.eye(6)              # V1..V6
 # q in I/V5/V6); in V1/V2 the "R" gain is negative: the S of an rS complex.
 _CANONICAL_GAINS = np.array([
     #  I      II     V1     V2     V3     V4     V5     V6
-    [0.08, 0.15, 0.05, 0.07, 0.07, 0.07, 0.07, 0.06],         # P
+    [0.10, 0.18, 0.06, 0.08, 0.08, 0.08, 0.08, 0.07],         # P
     [-0.08, -0.05, 0.20, 0.30, 0.25, 0.00, -0.10, -0.10],     # Q
     [0.75, 1.20, -0.90, -1.30, 0.50, 1.40, 1.50, 1.10],       # R
     [-0.10, -0.20, -0.30, -0.50, -0.90, -0.60, -0.30, -0.10],  # S
@@ -113,6 +113,7 @@ _LEAD_VECTORS_BASIS = np.vstack([
 _LEAD_VECTORS = _DERIVE @ _LEAD_VECTORS_BASIS            # (12, 3)
 # Atrial sources sit posterior-superior, next to V1: extra weight there for f-waves.
 _ATRIAL_PROXIMITY = np.array([1, 1, 1, 1, 1, 1, 1.3, 1.0, 0.7, 0.5, 0.4, 0.4])
+_AF_LEADS = [1, 2, 5, 6]                 # II, III, aVF, V1: f-wave amplitude is set there
 
 # Ectopic foci for PVCs: RV outflow tract, LV free wall, RV apex, LV base.
 _PVC_FOCI = np.array([[0.2, 0.9, -0.4], [-0.5, -0.4, 0.75], [-0.3, -0.7, -0.6], [0.6, 0.5, 0.6]])
@@ -151,6 +152,12 @@ class Patient:
     af_gains: np.ndarray        # (2, n_leads) projections of the two f-wave sources
 
 
+def _hint(word, choices: Sequence[str]) -> str:
+    lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(str(word).lower(), list(lower), n=1, cutoff=0.5)
+    return f"; did you mean '{lower[close[0]]}'?" if close else f"; choose from {', '.join(choices)}"
+
+
 def _lead_indices(leads: Sequence[str]) -> np.ndarray:
     if isinstance(leads, str):
         leads = (leads,)
@@ -159,9 +166,7 @@ def _lead_indices(leads: Sequence[str]) -> np.ndarray:
         raise ValueError("leads: give at least one lead")
     for lead in leads:
         if lead not in STANDARD_LEADS:
-            close = difflib.get_close_matches(str(lead), STANDARD_LEADS, n=1, cutoff=0.5)
-            tip = f"; did you mean '{close[0]}'?" if close else f"; choose from {', '.join(STANDARD_LEADS)}"
-            raise ValueError(f"unknown lead '{lead}'{tip}")
+            raise ValueError(f"unknown lead '{lead}'{_hint(lead, STANDARD_LEADS)}")
     return np.array([STANDARD_LEADS.index(lead) for lead in leads])
 
 
@@ -206,7 +211,7 @@ def sample_patient(rng: np.random.Generator, leads: Sequence[str] = STANDARD_LEA
     main = vectors @ focus * magnitude
     early = vectors @ _unit(focus + 0.9 * rng.standard_normal(3)) * magnitude * rng.uniform(0.2, 0.4)
     late = vectors @ _unit(-0.6 * focus + rng.standard_normal(3)) * magnitude * rng.uniform(0.2, 0.4)
-    pvc_t = -rng.uniform(0.30, 0.45) * main + 0.02 * rng.standard_normal(len(sel))
+    pvc_t = -rng.uniform(0.30, 0.45) * main + 0.02 * rng.standard_normal(12)[sel]
     pvc_gains = np.vstack([np.zeros(len(sel)), early, main, late, pvc_t])
     pvc_times = np.array([0.0, -rng.uniform(0.030, 0.040), 0.0, rng.uniform(0.035, 0.050),
                           rng.uniform(0.28, 0.34)])
@@ -226,7 +231,8 @@ def sample_patient(rng: np.random.Generator, leads: Sequence[str] = STANDARD_LEA
     # Two atrial fibrillatory sources, mostly inferior and anterior (II, III, aVF, V1).
     af1 = _unit(np.array([-0.2, 0.75, 0.6]) + 0.25 * rng.standard_normal(3))
     af2 = _unit(np.array([0.1, 0.5, 0.85]) + 0.3 * rng.standard_normal(3))
-    af_gains = np.vstack([vectors @ af1, vectors @ af2]) * _ATRIAL_PROXIMITY[sel]
+    af_all = np.vstack([_LEAD_VECTORS @ af1, _LEAD_VECTORS @ af2]) * _ATRIAL_PROXIMITY
+    af_gains = af_all[:, sel] / np.abs(af_all[:, _AF_LEADS]).max(1, keepdims=True)
 
     return Patient(
         leads=tuple(STANDARD_LEADS[i] for i in sel), lead_gains=_frozen(basis @ derive.T),
@@ -244,9 +250,7 @@ def _check_labels(abnormalities: Collection[str]) -> frozenset:
     labels = frozenset(abnormalities)
     for label in labels:
         if label not in RHYTHM_LABELS:
-            close = difflib.get_close_matches(str(label), RHYTHM_LABELS, n=1, cutoff=0.5)
-            tip = f"; did you mean '{close[0]}'?" if close else f"; choose from {', '.join(RHYTHM_LABELS)}"
-            raise ValueError(f"unknown abnormality '{label}'{tip}")
+            raise ValueError(f"unknown abnormality '{label}'{_hint(label, RHYTHM_LABELS)}")
     if {"brady", "tachy"} <= labels:
         raise ValueError("abnormalities: 'brady' and 'tachy' exclude each other")
     return labels

@@ -1,0 +1,21 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+requirements = [line.split("#")[0].strip() for line in Path(__file__).with_name("requirements.txt").read_text().splitlines()]
+
+setup(
+    name="ecgnet",
+    version="0.1.0",
+    description="Config-driven PyTorch framework for ECG classification",
+    long_description=Path(__file__).with_name("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ecgnet", "ecgnet.*"]),
+    install_requires=[r for r in requirements if r],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": [
+        "ecgnet-train=ecgnet.cli:train_main",
+        "ecgnet-evaluate=ecgnet.cli:evaluate_main",
+    ]},
+)

@@ -1,0 +1,148 @@
+"""End to end: train, resume, k-fold, evaluate from a checkpoint alone, CLI errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ecgnet.config import load_config
+from ecgnet.data.dataset import TrainWindows
+from ecgnet.engine.checkpoint import load_checkpoint
+from ecgnet.engine.evaluate import evaluate
+from ecgnet.engine.run import resume, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+SMALL = """
+data: {type: synthetic, num_records: 320, fs: 50, duration_s: 6, leads: [I, II, V1], records_per_patient: 2}
+preprocess: {bandpass_hz: [0.5, 20]}
+model: {type: cnn1d, widths: [16, 32, 64, 64], kernel_size: 7, hidden: 32, dropout: 0.1}
+loss: {type: bce}
+optimizer: {type: radam, lr: 0.003}
+schedule: {type: warmup_cooldown, warmup_epochs: 1, cooldown_epochs: 2}
+train: {epochs: 10, batch_size: 32, tensorboard: false, early_stop_patience: null}
+"""
+
+
+@pytest.fixture(scope="module")
+def small_cfg(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "small.yaml"
+    path.write_text(SMALL)
+    return path
+
+
+@pytest.fixture(scope="module")
+def kfold_run(small_cfg, tmp_path_factory):
+    return train(load_config(small_cfg, ["train.epochs=8"]), work_dir=str(tmp_path_factory.mktemp("runs") / "kfold"), folds=3)
+
+
+def test_training_beats_chance_on_validation(small_cfg, tmp_path):
+    run = train(load_config(small_cfg, ["train.tensorboard=true"]), work_dir=str(tmp_path / "one"))
+    best = load_checkpoint(run / "best.pt")
+    assert best["val_metrics"]["val/macro_auroc"] > 0.8           # chance is 0.5
+    assert best["finished"] and len(best["thresholds"]) == 6
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 10 and history[0].startswith("epoch,step,lr,train/loss,val/loss")
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert (run / "config.yaml").is_file() and json.loads((run / "env.json").read_text())["seed"] == 0
+    splits = json.loads((run / "splits.json").read_text())
+    assert not set(splits["test"]) & set(splits["folds"][0]["train"])
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_interrupt_and_resume_matches_uninterrupted_run(small_cfg, tmp_path, monkeypatch):
+    cfg = load_config(small_cfg, ["train.epochs=4", "data.num_records=160", "model.dropout=0.3",
+                                  "augment=[{type: gaussian_noise, p: 0.5}, {type: time_warp, p: 0.5}]",
+                                  "sampler.type=oversample"])
+    straight = train(cfg, work_dir=str(tmp_path / "straight"))
+
+    original = TrainWindows.__getitem__
+    fetched = {"n": 0}
+
+    def crash_mid_epoch(self, position):
+        if self.epoch == 2:
+            fetched["n"] += 1
+            if fetched["n"] > 100:           # a few optimizer steps into the third epoch
+                raise KeyboardInterrupt
+        return original(self, position)
+
+    monkeypatch.setattr(TrainWindows, "__getitem__", crash_mid_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, work_dir=str(tmp_path / "resumed"))
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["next_epoch"] == 2
+    monkeypatch.setattr(TrainWindows, "__getitem__", original)
+    torch.manual_seed(12345)                  # the resumed process starts from some other RNG state
+    resume(tmp_path / "resumed")
+
+    for name in ("last.pt", "best.pt"):
+        a, b = _weights(straight / name), _weights(tmp_path / "resumed" / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert load_checkpoint(straight / "best.pt")["thresholds"] == load_checkpoint(tmp_path / "resumed" / "best.pt")["thresholds"]
+
+
+def test_kfold_trains_k_models_against_one_test_split(kfold_run):
+    states = [load_checkpoint(kfold_run / f"fold{k}" / "best.pt") for k in range(3)]
+    assert len({tuple(s["split"]["test"]) for s in states}) == 1
+    vals = [set(s["split"]["val"]) for s in states]
+    assert not (vals[0] & vals[1]) and not (vals[1] & vals[2])
+    for s in states:
+        assert not set(s["split"]["test"]) & (set(s["split"]["train"]) | set(s["split"]["val"]))
+        assert s["finished"] and s["thresholds"] is not None
+
+
+def test_evaluate_from_checkpoint_alone(kfold_run, tmp_path, capsys):
+    results = evaluate(kfold_run, "test", tmp_path / "report")
+    assert set(results) == {"fold0", "fold1", "fold2", "ensemble_vote", "ensemble_mean"}
+    on_disk = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert on_disk["ensemble_vote"]["macro_f1"] == pytest.approx(results["ensemble_vote"]["macro_f1"])
+    assert results["ensemble_vote"]["macro_auroc"] > 0.8
+    for name in results:
+        for f in ("metrics.json", "per_class.csv", "roc.png", "confusion.png"):
+            assert (tmp_path / "report" / name / f).stat().st_size > 0, (name, f)
+    out = capsys.readouterr().out
+    assert "ensemble_vote" in out and "per class (ensemble_vote)" in out
+    # one fold's checkpoint on its own
+    single = evaluate(kfold_run / "fold1" / "best.pt", "test", tmp_path / "fold1")
+    assert single["model"]["macro_f1"] == pytest.approx(results["fold1"]["macro_f1"])
+
+
+def test_resume_of_finished_run_retrains_nothing(kfold_run):
+    before = {p: p.stat().st_mtime_ns for p in kfold_run.glob("fold*/best.pt")}
+    resume(kfold_run)
+    assert before == {p: p.stat().st_mtime_ns for p in kfold_run.glob("fold*/best.pt")}
+
+
+def run_tool(*args, cwd=REPO):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["tools/train.py", "--config", "cfgs/nope.yaml"], "cfgs/nope.yaml: config file not found"),
+    (["tools/train.py", "--config", "cfgs/demo.yaml", "--opts", "train.epohcs=1"], "did you mean 'epochs'?"),
+    (["tools/train.py", "--config", "cfgs/demo.yaml", "--opts", "model.type=resnet"], "did you mean 'resnet1d'?"),
+    (["tools/train.py", "--config", "cfgs/demo.yaml", "--opts", "train.batch_size=big"], "train.batch_size: expected int"),
+    (["tools/evaluate.py", "--ckpt", "runs/does-not-exist"], "no such file or directory"),
+])
+def test_cli_user_errors_exit_2_without_traceback(args, message):
+    result = run_tool(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_bad_yaml_and_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    result = run_tool("tools/train.py", "--config", str(bad))
+    assert result.returncode == 2 and "is not valid YAML" in result.stderr and "Traceback" not in result.stderr
+    ckpt = tmp_path / "broken.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    result = run_tool("tools/evaluate.py", "--ckpt", str(ckpt))
+    assert result.returncode == 2 and "not a readable ecgnet checkpoint" in result.stderr
