@@ -18,7 +18,7 @@ def _setup_logging(verbose: bool) -> None:
                         datefmt="%H:%M:%S", stream=sys.stderr)
 
 
-def _guard(fn: Callable[[], None]) -> int:
+def guarded(fn: Callable[[], None]) -> int:
     try:
         fn()
     except (ConfigError, DataError) as err:
@@ -56,7 +56,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--folds: must be >= 0")
             run_dir = train(load_config(args.config, args.opts), work_dir=args.work_dir, folds=args.folds)
         print(f"run directory: {run_dir}")
-    return _guard(run)
+    return guarded(run)
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
@@ -73,4 +73,4 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     def run():
         from .engine.evaluate import evaluate
         evaluate(args.ckpt, args.split, args.out, args.config)
-    return _guard(run)
+    return guarded(run)

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from scipy.signal import butter, find_peaks, peak_widths, sosfiltfilt
+from scipy.signal import butter, detrend, find_peaks, peak_widths, sosfiltfilt
 
 from ecgnet.data.ecgsim import RHYTHM_LABELS, STANDARD_LEADS, Patient, sample_patient, simulate_ecg
 
@@ -40,10 +40,11 @@ def r_peaks(x: np.ndarray, fs: float = FS) -> np.ndarray:
 
 
 def qrs_peaks(ecg: np.ndarray, fs: float = FS) -> np.ndarray:
-    """Beats of any morphology: peaks of the spatial velocity |dX/dt| over all leads."""
-    speed = np.sqrt((np.gradient(ecg, axis=1) ** 2).sum(0))
-    speed = np.convolve(speed, np.ones(int(0.04 * fs)) / int(0.04 * fs), mode="same")
-    peaks, _ = find_peaks(speed, height=0.25 * speed.max(), distance=int(0.25 * fs))
+    """Beats of any morphology (normal or ectopic): peaks of the 5-30 Hz energy over all leads,
+    smoothed over 40 ms; P and T waves carry little energy in that band."""
+    band = sosfiltfilt(butter(2, (5.0, 30.0), "bandpass", fs=fs, output="sos"), ecg.astype(np.float64), axis=1)
+    energy = np.convolve((band ** 2).sum(0), np.ones(int(0.04 * fs)) / int(0.04 * fs), mode="same")
+    peaks, _ = find_peaks(energy, height=0.1 * energy.max(), distance=int(0.25 * fs))
     return peaks
 
 
@@ -155,13 +156,13 @@ def test_pvc_records_have_premature_beats_with_compensatory_pauses():
         for duration_s, min_pairs in ((10.0, 1), (30.0, 3)):
             rr = rr_intervals(qrs_peaks(record(seed, ("PVC",), duration_s=duration_s)))
             median = np.median(rr)
-            pairs = [(a, b) for a, b in zip(rr[:-1], rr[1:]) if a < 0.8 * median and b > 1.1 * median]
+            pairs = [(a, b) for a, b in zip(rr[:-1], rr[1:]) if a < 0.82 * median and b > 1.1 * median]
             assert len(pairs) >= min_pairs, (seed, duration_s, rr)
             for a, b in pairs:                    # full compensation: short + long ~ two cycles
                 assert abs((a + b) / (2 * median) - 1) < 0.12, (seed, a, b, median)
         # without PVCs there is no such pair
         rr = rr_intervals(qrs_peaks(record(seed, ())))
-        assert not any(a < 0.8 * np.median(rr) for a in rr)
+        assert not any(a < 0.82 * np.median(rr) for a in rr)
 
 
 def test_pvc_beats_are_wide_with_discordant_t_waves():
@@ -219,18 +220,24 @@ def test_avr_qrs_is_opposite_to_lead_ii_and_v1_is_rs():
         assert qrs(V6).max() > -qrs(V6).min()                                # V6: tall R
 
 
+def p_wave(x: np.ndarray) -> tuple[float, float]:
+    """(prominence, lead time before R) of the largest bump 80-260 ms before R in the average beat."""
+    t, beat = average_beat(x, r_peaks(x), 0.3, 0.1)
+    window = (t > -0.26) & (t < -0.08)
+    peaks, props = find_peaks(beat[window], prominence=0.0)
+    if len(peaks) == 0:
+        return 0.0, np.nan
+    best = props["prominences"].argmax()
+    return float(props["prominences"][best]), float(-t[window][peaks[best]])
+
+
 def test_sinus_beats_have_p_waves_and_af_beats_do_not():
     for seed in range(6):
-        x = record(seed, (), duration_s=20.0, pat_seed=seed)[II]
-        t, beat = average_beat(x, r_peaks(x), 0.3, 0.1)
-        window = (t > -0.26) & (t < -0.08)
-        p_wave = beat[window] - beat[t < -0.27].mean()
-        assert p_wave.max() > 0.05, seed
-        pr = -t[window][p_wave.argmax()]
-        assert 0.08 < pr < 0.25, (seed, pr)      # P peak precedes the R peak by a PR-like interval
-        y = record(seed, ("AF",), duration_s=20.0, pat_seed=seed)[II]
-        t, beat = average_beat(y, r_peaks(y), 0.3, 0.1)
-        assert np.abs(beat[window] - beat[t < -0.27].mean()).max() < 0.5 * p_wave.max(), seed
+        height, lead_time = p_wave(record(seed, (), duration_s=20.0, pat_seed=seed)[II])
+        assert height > 0.05, (seed, height)
+        assert 0.08 < lead_time < 0.25, (seed, lead_time)   # P peak precedes R by a PR-like interval
+        af_height, _ = p_wave(record(seed, ("AF",), duration_s=20.0, pat_seed=seed)[II])
+        assert af_height < 0.35 * height, (seed, height, af_height)
 
 
 def band_power_outside_qrst(ecg: np.ndarray, lead: int, lo: float, hi: float) -> float:
@@ -246,13 +253,28 @@ def band_power_outside_qrst(ecg: np.ndarray, lead: int, lo: float, hi: float) ->
     return float(np.mean(x[keep] ** 2))
 
 
+def unlocked_atrial_power(ecg: np.ndarray, lead: int, lo: float, hi: float) -> float:
+    """``lo``-``hi`` Hz power of ``lead`` 300-80 ms before each R that is not locked to the
+    QRS: the mean segment (a sinus P wave) is subtracted, each residual detrended."""
+    peaks = r_peaks(ecg[II])
+    segs = np.array([ecg[lead, p - int(0.3 * FS):p - int(0.08 * FS)] for p in peaks if p >= 0.3 * FS],
+                    dtype=np.float64)
+    resid = detrend(segs - segs.mean(0), axis=1) * np.hanning(segs.shape[1])
+    power = np.abs(np.fft.rfft(resid, n=4 * segs.shape[1], axis=1)) ** 2
+    freqs = np.fft.rfftfreq(4 * segs.shape[1], 1 / FS)
+    return float(power[:, (freqs >= lo) & (freqs <= hi)].sum(1).mean())
+
+
 def test_af_has_fibrillatory_waves_at_4_to_9_hz():
-    ratios = []
+    """f-waves: more 4-9 Hz power in V1 between the beats than a sinus P wave gives, and,
+    unlike a P wave, none of it is locked to the QRS."""
+    tq, unlocked = [], []
     for seed in range(6):
-        af = band_power_outside_qrst(record(seed, ("AF",), duration_s=20.0), V1, 4.0, 9.0)
-        sinus = band_power_outside_qrst(record(seed, (), duration_s=20.0), V1, 4.0, 9.0)
-        ratios.append(af / sinus)
-    assert np.nanmin(ratios) > 3.0, ratios
+        af, sinus = record(seed, ("AF",), duration_s=20.0), record(seed, (), duration_s=20.0)
+        tq.append(band_power_outside_qrst(af, V1, 4.0, 9.0) / band_power_outside_qrst(sinus, V1, 4.0, 9.0))
+        unlocked.append(unlocked_atrial_power(af, V1, 4.0, 9.0) / unlocked_atrial_power(sinus, V1, 4.0, 9.0))
+    assert min(tq) > 1.2 and np.median(tq) > 3.0, tq
+    assert min(unlocked) > 20.0, unlocked
 
 
 def test_qt_follows_bazett():
