@@ -41,7 +41,8 @@ def resolve_config(cfg: dict) -> dict:
     sched = cfg["schedule"]
     if sched["type"] == "warmup_cooldown" and sched["warmup_epochs"] + sched["cooldown_epochs"] > cfg["train"]["epochs"]:
         raise ConfigError(f"schedule: warmup_epochs + cooldown_epochs ({sched['warmup_epochs']} + "
-                          f"{sched['cooldown_epochs']}) exceed train.epochs ({cfg['train']['epochs']})")
+                          f"{sched['cooldown_epochs']}) exceed train.epochs ({cfg['train']['epochs']}); "
+                          "shorten them, e.g. --opts schedule.cooldown_epochs=1")
     return cfg
 
 

@@ -195,7 +195,7 @@ def sample_patient(rng: np.random.Generator, leads: Sequence[str] = STANDARD_LEA
     asym = rng.uniform(0.6, 0.8)
 
     basis = _CANONICAL_GAINS.copy()
-    basis[0] *= rng.uniform(0.7, 1.3)
+    basis[0] *= rng.uniform(0.7, 1.2)
     basis[1:4] *= rng.uniform(0.75, 1.3)
     basis[4] *= rng.uniform(0.7, 1.3)
     basis *= np.exp(0.12 * rng.standard_normal(basis.shape))
@@ -207,16 +207,16 @@ def sample_patient(rng: np.random.Generator, leads: Sequence[str] = STANDARD_LEA
 
     # Ectopic focus of this patient's PVCs.
     focus = _unit(_PVC_FOCI[rng.integers(len(_PVC_FOCI))] + 0.3 * rng.standard_normal(3))
-    magnitude = rng.uniform(1.4, 2.2)
+    magnitude = rng.uniform(1.4, 2.2) * np.abs(basis[2]).mean() / np.abs(_CANONICAL_GAINS[2]).mean()
     main = vectors @ focus * magnitude
     early = vectors @ _unit(focus + 0.9 * rng.standard_normal(3)) * magnitude * rng.uniform(0.2, 0.4)
     late = vectors @ _unit(-0.6 * focus + rng.standard_normal(3)) * magnitude * rng.uniform(0.2, 0.4)
     pvc_t = -rng.uniform(0.30, 0.45) * main + 0.02 * rng.standard_normal(12)[sel]
     pvc_gains = np.vstack([np.zeros(len(sel)), early, main, late, pvc_t])
-    pvc_times = np.array([0.0, -rng.uniform(0.030, 0.040), 0.0, rng.uniform(0.035, 0.050),
+    pvc_times = np.array([0.0, -rng.uniform(0.028, 0.036), 0.0, rng.uniform(0.032, 0.045),
                           rng.uniform(0.28, 0.34)])
-    pvc_widths = np.array([0.02, rng.uniform(0.018, 0.024), rng.uniform(0.026, 0.034),
-                           rng.uniform(0.020, 0.028), rng.uniform(0.060, 0.075)])
+    pvc_widths = np.array([0.02, rng.uniform(0.015, 0.020), rng.uniform(0.022, 0.028),
+                           rng.uniform(0.018, 0.024), rng.uniform(0.060, 0.075)])
 
     # Bundle-branch block shown when a record has wide_qrs.
     if rng.random() < 0.5:
