@@ -23,8 +23,9 @@ COMPONENT_SECTIONS = ("data", "model", "loss", "optimizer", "schedule", "sampler
 
 @dataclass
 class SplitCfg:
-    """How records are divided. ``random``: stratified, patient-grouped fractions;
-    ``predefined``: the dataset's own folds (e.g. PTB-XL strat_fold) mapped to splits."""
+    """How records are divided. ``random``: stratified, patient-grouped fractions of all
+    records; ``predefined``: the dataset's own folds (e.g. PTB-XL strat_fold) mapped to
+    splits; without ``val_folds``, val_fraction of the train folds is held out for validation."""
     type: Literal["random", "predefined"] = "random"
     val_fraction: float = 0.1
     test_fraction: float = 0.2
@@ -41,6 +42,7 @@ class PreprocessCfg:
     bandpass_hz: Optional[list] = None         # [low, high] zero-phase Butterworth; null = off
     filter_order: int = 3
     normalize: Literal["per_lead", "per_record", "none"] = "per_lead"   # per_lead: mean/std fitted on train
+    cache_dir: Optional[str] = "~/.cache/ecgnet"   # decoded + preprocessed records; null = no cache
 
 
 @dataclass

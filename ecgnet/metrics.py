@@ -70,5 +70,8 @@ SUMMARY_KEYS = ("macro_f1", "weighted_f1", "macro_auroc", "hamming_loss", "exact
 
 
 def summary(metrics: dict) -> dict:
-    """The scalar entries of ``classification_metrics`` (for logs, history, TensorBoard)."""
-    return {k: metrics[k] for k in SUMMARY_KEYS if metrics.get(k) is not None}
+    """The scalar entries (for logs, history, TensorBoard): the standard ones first, then
+    any dataset-specific score."""
+    extra = [k for k, v in metrics.items() if k not in SUMMARY_KEYS and k != "n"
+             and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return {k: metrics[k] for k in (*SUMMARY_KEYS, *extra) if metrics.get(k) is not None}

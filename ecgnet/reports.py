@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from .metrics import SUMMARY_KEYS  # noqa: E402
+from .metrics import summary  # noqa: E402
 
 
 def write_json(obj, path: Path) -> None:
@@ -37,7 +37,7 @@ def _fmt(v) -> str:
 def summary_table(results: dict[str, dict]) -> str:
     """Models side by side (columns), summary metrics as rows."""
     names = list(results)
-    keys = [k for k in SUMMARY_KEYS if any(results[n].get(k) is not None for n in names)]
+    keys = list(dict.fromkeys(k for n in names for k in summary(results[n])))
     width = max(12, *(len(n) + 2 for n in names))
     lines = ["metric".ljust(14) + "".join(n.rjust(width) for n in names)]
     for k in keys:

@@ -56,8 +56,12 @@ def test_predefined_split_uses_dataset_folds():
     splits = make_splits(records, cfg)
     assert set(records.folds[splits["test"]]) == {10}
     assert set(records.folds[splits["folds"][0][1]]) == {9}
-    with pytest.raises(ConfigError, match="split.val_folds: required"):
-        make_splits(records, {**cfg, "val_folds": None})
+    with pytest.raises(ConfigError, match="split.test_folds: required"):
+        make_splits(records, {**cfg, "test_folds": None})
+    # no validation fold: a stratified share of the train folds validates
+    held = make_splits(records, {**cfg, "val_folds": None, "train_folds": list(range(1, 10))})
+    train, val = held["folds"][0]
+    assert set(records.folds[val]) <= set(range(1, 10)) and 0.05 < len(val) / (len(train) + len(val)) < 0.15
 
 
 def test_split_with_a_patient_in_two_predefined_folds_is_rejected():

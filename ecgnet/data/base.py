@@ -60,6 +60,18 @@ class RecordSet:
     def class_counts(self, index: np.ndarray) -> list[int]:
         return self.multi_hot(index).sum(0).astype(int).tolist()
 
+    def select(self, keep: np.ndarray, reason: str | None = None) -> "RecordSet":
+        """The records at positions ``keep``; the others are added to ``skipped[reason]``."""
+        keep = np.asarray(keep, dtype=np.int64)
+        skipped = {k: list(v) for k, v in self.skipped.items()}
+        if reason is not None:
+            dropped = sorted(set(range(len(self.ids))) - set(keep.tolist()))
+            if dropped:
+                skipped.setdefault(reason, []).extend(self.ids[i] for i in dropped)
+        return RecordSet(ids=[self.ids[i] for i in keep], groups=[self.groups[i] for i in keep],
+                         labels=self.labels[keep], class_names=self.class_names, fs=self.fs, leads=self.leads,
+                         folds=None if self.folds is None else self.folds[keep], skipped=skipped)
+
 
 class ECGAdapter:
     """Base class of dataset adapters; subclasses are registered in ``DATASETS``."""
@@ -74,7 +86,16 @@ class ECGAdapter:
         """Signal of record ``index`` as float32 (leads, samples) at ``records().fs``."""
         raise NotImplementedError
 
+    #: read errors become a hard error instead of a counted skip
+    strict: bool = False
+
     def cache_key(self) -> Optional[str]:
-        """A string that changes whenever the source files or reading settings change;
-        None disables the preprocessing cache (e.g. for generated data)."""
+        """A string that changes whenever the source files or reading settings change
+        (see ``cache.file_fingerprint``); None disables the preprocessing cache (e.g. for
+        generated data)."""
         return None
+
+    def dataset_metrics(self, y_true: np.ndarray, probs: np.ndarray, decisions: np.ndarray) -> dict:
+        """Extra metrics of this dataset (e.g. a challenge score), merged into every report.
+        y_true, decisions: (N, C) 0/1; probs: (N, C)."""
+        return {}

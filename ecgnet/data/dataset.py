@@ -15,22 +15,68 @@ import torch.utils.data
 from tqdm import tqdm
 
 from ..registry import DataError
-from .base import ECGAdapter
+from .base import ECGAdapter, RecordSet
+from .cache import cache_dir_for, read_cache, write_cache
 from .transforms import Normalizer, crop_or_pad, preprocess, random_crop, window_starts
 
 log = logging.getLogger(__name__)
 
 
-def load_signals(adapter: ECGAdapter, fs: float, cfg: dict, progress: bool = False) -> list[np.ndarray]:
-    """Every record, preprocessed per the ``preprocess`` section, as float32 (leads, samples)."""
-    n = len(adapter.records().ids)
-    signals = []
-    for i in tqdm(range(n), desc="loading records", disable=not progress, leave=False):
-        x = adapter.load(i)
-        if x.ndim != 2 or x.shape[1] == 0:
-            raise DataError(f"record {adapter.records().ids[i]}: expected (leads, samples), got shape {x.shape}")
-        signals.append(np.ascontiguousarray(preprocess(x, fs, cfg)))
-    return signals
+def _read_all(adapter: ECGAdapter, fs: float, cfg: dict, progress: bool) -> tuple[list, dict]:
+    """Read and preprocess every record; a record that cannot be read becomes an entry of
+    ``failed`` ({id: reason}) unless the adapter is strict."""
+    records = adapter.records()
+    signals, failed = [], {}
+    for i in tqdm(range(len(records.ids)), desc="reading records", disable=not progress, leave=False):
+        try:
+            x = adapter.load(i)
+            if x.ndim != 2 or x.shape[1] == 0 or not np.isfinite(x).all():
+                raise DataError(f"record {records.ids[i]}: expected finite (leads, samples), got shape {x.shape}")
+        except DataError as err:
+            if adapter.strict:
+                raise
+            failed[records.ids[i]] = str(err)
+            signals.append(np.zeros((len(records.leads), 0), np.float32))
+            continue
+        signals.append(np.ascontiguousarray(preprocess(x, fs, cfg), dtype=np.float32))
+    return signals, failed
+
+
+def load_signals(adapter: ECGAdapter, cfg: dict, dataset: str = "data",
+                 progress: bool = False) -> tuple[RecordSet, list[np.ndarray]]:
+    """Every readable record, preprocessed per the ``preprocess`` section, as float32
+    (leads, samples), with the RecordSet reduced to those records.
+
+    With a ``preprocess.cache_dir`` and an adapter that has a ``cache_key``, the result is
+    read from (or first written to) the memory-mapped cache. Unreadable records are
+    skipped, counted and listed in one warning (an error when the adapter is strict).
+    """
+    records = adapter.records()
+    key = adapter.cache_key()
+    path = cache_dir_for(cfg["cache_dir"], dataset, key, cfg) if cfg.get("cache_dir") and key else None
+    cached = read_cache(path) if path else None
+    if cached is not None and cached[0] != list(records.ids):
+        log.warning("cache %s lists other records than the dataset; rebuilding it", path)
+        cached = None
+    if cached is None:
+        signals, failed = _read_all(adapter, records.fs, cfg, progress)
+        if path:
+            write_cache(path, list(records.ids), signals, failed)
+            log.info("preprocessed %d records into the cache %s", len(signals), path)
+    else:
+        _, signals, failed = cached
+        log.info("read %d preprocessed records from the cache %s", len(signals), path)
+    if failed:
+        if adapter.strict:
+            raise DataError(f"{len(failed)} record(s) could not be read (cached from an earlier run), e.g. "
+                            f"{next(iter(failed.values()))}; fix them or set data.strict: false")
+        reasons = list(failed.values())
+        log.warning("skipped %d unreadable record(s): %s%s", len(failed), "; ".join(reasons[:5]),
+                    " ..." if len(reasons) > 5 else "")
+        keep = np.array([i for i, rid in enumerate(records.ids) if rid not in failed], dtype=np.int64)
+        records = records.select(keep, "unreadable")
+        signals = [signals[i] for i in keep]
+    return records, signals
 
 
 class TrainWindows(torch.utils.data.Dataset):

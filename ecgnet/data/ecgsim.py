@@ -23,7 +23,7 @@ Normal sinus rhythm (numbers as used)
       widths also scale with sqrt(RR). RR is the interval preceding the beat.
     * Lead projections: typical adult amplitudes (R 1.2 mV in II, 1.5 mV in V5; QRS and T
       negative in aVR; rS in V1-V2, RS transition at V3; septal q in I, V5, V6), per patient
-      scaled by 0.75-1.3 (QRS), 0.7-1.3 (P, T), a log-normal factor (sd 0.12) and an offset
+      scaled by 0.75-1.3 (QRS), 0.7-1.2 (P), 0.7-1.3 (T), a log-normal factor (sd 0.12) and an offset
       (sd 0.015 mV) per wave and lead, and the frontal QRS axis rotated by N(0, 12 deg)
       (at most 30 deg). Each record rescales the waves by a further exp(N(0, 0.05)).
 
@@ -34,16 +34,20 @@ Abnormalities (``RHYTHM_LABELS``)
       62-98 bpm unless brady/tachy. Fibrillatory f-waves: two atrial sources at 4-9 Hz whose
       frequency wanders by about 0.3-0.7 Hz and amplitude by up to 35 % (0.02-0.3 Hz
       modulations), with a second harmonic for a saw-tooth shape; 0.03-0.10 mV (second
-      source 30-70 % of that), projected mostly onto II, III, aVF and V1.
+      source 30-70 % of that) in whichever of II, III, aVF, V1 shows them most, nearly
+      always V1, which sits next to the atria; about half of that in III and aVF.
     * ``PVC``: max(1, round(duration/10 s * U(1, 3))) premature ventricular beats, each
       replacing a sinus beat at 0.55-0.75 of the RR interval; no P wave (the sinus P falls,
-      non-conducted, at its usual time), a 130-180 ms QRS of three Gaussians from a
-      per-patient ectopic focus (1.4-2.2 mV dipole), a T wave opposite to the QRS (30-45 %
-      of it) and a full compensatory pause (the next sinus beat keeps its time).
+      non-conducted, at its usual time), a 140-210 ms QRS of three Gaussians (sigma 15-28
+      ms) from a per-patient ectopic focus (RV outflow tract, LV free wall, RV apex or LV
+      base, +-20 deg; a dipole of 1.4-2.2 mV scaled with the patient's QRS size), a T wave
+      opposite to the QRS (30-45 % of it) and a full compensatory pause (the next sinus
+      beat keeps its time). Records shorter than about two beats may hold none.
     * ``wide_qrs``: bundle-branch block, per patient RBBB or LBBB: Q, R, S widths x1.5-1.8
       and offsets x1.25, plus a late R' (RBBB: +50-60 ms, rightward-anterior, rsR' in V1 and
       a broad S in I/V6; LBBB: +45-55 ms, leftward-posterior, broad notched R in I/V6, QS in
-      V1, no septal q), QRS >= 120 ms; T waves turned against the terminal QRS.
+      V1, no septal q): QRS 130-160 ms (RBBB) or 140-220 ms (LBBB) in place of 85-100 ms;
+      T waves turned against the terminal QRS.
 
 Noise: white Gaussian noise of sd ``noise_mv`` per independent lead; baseline wander of
 1-2 sinusoids at 0.05-0.5 Hz totalling about ``baseline_wander_mv`` (40-100 % per lead);
@@ -76,8 +80,7 @@ TACHY_HR_BPM = (105.0, 160.0)
 
 _SQRT3_2 = math.sqrt(3.0) / 2.0
 
-# Independent leads: I, II, V1..V6. Rows of _DERIVE map them onto STANDARD_LEADS.
-_BASIS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
+# Independent leads: I, II, V1..V6 (the "basis"). Rows of _DERIVE map them onto STANDARD_LEADS.
 _DERIVE = np.zeros((12, 8))
 _DERIVE[0, 0] = 1.0                      # I
 _DERIVE[1, 1] = 1.0                      # II
@@ -331,6 +334,7 @@ def simulate_ecg(rng: np.random.Generator, patient: Patient, fs: float, duration
         rr = rr0 * (1.0 + a_rsa * np.sin(2 * np.pi * f_resp * t_approx + phi_resp)
                     + a_lf * np.sin(2 * np.pi * f_lf * t_approx + phi_lf)
                     + jitter * rng.standard_normal(n_beats))
+        rr = np.maximum(rr, rr_min)
     t_beat = t_first + np.concatenate([[0.0], np.cumsum(rr[:-1])])
     keep = t_beat < duration_s + 0.4
     t_beat, rr = t_beat[keep], rr[keep]
@@ -348,7 +352,9 @@ def simulate_ecg(rng: np.random.Generator, patient: Patient, fs: float, duration
         is_pvc[idx] = True
 
     # --- wave events: (source, centre, sigma before, sigma after, amplitude) ------------
-    resp = lambda tt: 1.0 + resp_depth * np.sin(2 * np.pi * f_resp * tt + phi_resp + 1.0)  # noqa: E731
+    def resp(tt: np.ndarray) -> np.ndarray:           # respiratory amplitude modulation
+        return 1.0 + resp_depth * np.sin(2 * np.pi * f_resp * tt + phi_resp + 1.0)
+
     times, widths = patient.wave_times_s, patient.wave_widths_s
     qrs_t, qrs_w = times[1:4].copy(), widths[1:4].copy()
     if wide:

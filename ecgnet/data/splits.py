@@ -60,9 +60,14 @@ def _predefined(records: RecordSet, cfg: dict) -> dict[str, np.ndarray]:
     out = {}
     for part in ("train", "val", "test"):
         folds = cfg[f"{part}_folds"]
+        if folds is None and part == "val":   # no validation fold: hold out val_fraction of train
+            out[part] = None
+            continue
         if folds is None:
-            raise ConfigError(f"split.{part}_folds: required with split.type 'predefined', e.g. [9]")
+            raise ConfigError(f"split.{part}_folds: required with split.type 'predefined', e.g. [10]")
         out[part] = np.flatnonzero(np.isin(records.folds, folds))
+    if out["val"] is None:
+        out["train"], out["val"] = holdout(records, out["train"], cfg["val_fraction"], cfg["seed"] + 1)
     return out
 
 

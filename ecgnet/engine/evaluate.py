@@ -81,6 +81,7 @@ def evaluate(ckpt: str | Path, split: str = "test", out: str | Path | None = Non
         decisions = decide(probs, state["thresholds"], records.multilabel)
         y = records.multi_hot(index)
         results[name] = classification_metrics(y, probs, decisions, records.class_names, records.multilabel)
+        results[name].update(data.adapter.dataset_metrics(y, probs, decisions))
         y_by_model[name] = (y, probs)
         probs_all.append(probs)
         decisions_all.append(decisions)
@@ -91,6 +92,7 @@ def evaluate(ckpt: str | Path, split: str = "test", out: str | Path | None = Non
         mean_p, mean_d = mean_probability(probs_all, [s["thresholds"] for s in states], records.multilabel)
         for name, p, d in (("ensemble_vote", np.mean(probs_all, 0), vote), ("ensemble_mean", mean_p, mean_d)):
             results[name] = classification_metrics(y, p, d, records.class_names, records.multilabel)
+            results[name].update(data.adapter.dataset_metrics(y, p, d))
             y_by_model[name] = (y, p)
     elif len(paths) > 1:
         log.info("the %s split differs per fold, so no ensemble is scored on it", split)

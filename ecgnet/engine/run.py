@@ -33,11 +33,9 @@ log = logging.getLogger(__name__)
 
 
 def prepare_data(cfg: dict, progress: bool = False) -> PreparedData:
-    """Build the adapter, read its record list and load every record once."""
+    """Build the adapter, read its record list and load (or memory-map) every record once."""
     adapter = build("data", cfg)
     records = adapter.records()
-    for reason, ids in records.skipped.items():
-        log.warning("skipped %d record(s) (%s): %s", len(ids), reason, ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""))
     fs = cfg["preprocess"]["fs"] or records.fs
     window_s = cfg["input"]["window_s"] or adapter.record_length_s
     if window_s is None:
@@ -46,8 +44,11 @@ def prepare_data(cfg: dict, progress: bool = False) -> PreparedData:
     stride = int(round((cfg["input"]["eval_stride_s"] or window_s) * fs))
     if window < 8 or stride < 1:
         raise ConfigError(f"input: window of {window} samples / stride {stride} at {fs} Hz is too short")
-    signals = load_signals(adapter, records.fs, cfg["preprocess"], progress)
-    return PreparedData(records, signals, fs, window, stride)
+    records, signals = load_signals(adapter, cfg["preprocess"], cfg["data"]["type"], progress)
+    for reason, ids in records.skipped.items():
+        log.warning("left out %d record(s) (%s): %s", len(ids), reason,
+                    ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""))
+    return PreparedData(records, signals, fs, window, stride, adapter)
 
 
 def model_dirs(run_dir: Path, folds: int) -> list[Path]:
@@ -117,7 +118,7 @@ def _run(cfg: dict, run_dir: Path) -> Path:
         folds = cfg["kfold"]["folds"]
         splits = make_splits(data.records, cfg["split"], folds)
         ids = np.asarray(data.records.ids)
-        write_json({"test": ids[splits["test"]].tolist(),
+        write_json({"skipped": data.records.skipped, "test": ids[splits["test"]].tolist(),
                     "folds": [{"train": ids[t].tolist(), "val": ids[v].tolist()} for t, v in splits["folds"]]},
                    run_dir / "splits.json")
         log.info("%d records (%s), %d classes, %d test; %d model(s)", len(ids),

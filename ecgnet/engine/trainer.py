@@ -16,7 +16,7 @@ import torch.utils.data
 from tqdm import tqdm
 
 from ..build import build, build_augmentations
-from ..data.base import RecordSet
+from ..data.base import ECGAdapter, RecordSet
 from ..data.dataset import EvalWindows, TrainWindows
 from ..data.transforms import Normalizer
 from ..metrics import classification_metrics, summary
@@ -36,6 +36,7 @@ class PreparedData:
     fs: float                # rate after preprocessing
     window: int              # samples the network sees
     stride: int              # evaluation window stride
+    adapter: ECGAdapter      # for dataset-specific metrics
 
     @property
     def targets(self) -> np.ndarray:
@@ -120,8 +121,9 @@ class Trainer:
         probs, loss = predict(self.model, self.val_windows, records.multilabel, self.device, self.dtype,
                               self.cfg["train"]["eval_batch_size"], self.loss_fn, self.data.targets[self.split["val"]])
         y = records.multi_hot(self.split["val"])
-        metrics = classification_metrics(y, probs, decide(probs, thresholds, records.multilabel),
-                                         records.class_names, records.multilabel)
+        decisions = decide(probs, thresholds, records.multilabel)
+        metrics = classification_metrics(y, probs, decisions, records.class_names, records.multilabel)
+        metrics.update(self.data.adapter.dataset_metrics(y, probs, decisions))
         return {"val/loss": loss, **{f"val/{k}": v for k, v in summary(metrics).items()}}, probs
 
     def fit(self) -> dict:

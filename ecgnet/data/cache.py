@@ -1,0 +1,79 @@
+"""On-disk preprocessing cache: decode and preprocess a dataset once, then memory-map it.
+
+A cache entry is a directory ``<cache_dir>/<dataset>-<key>/`` holding
+``signals.npy`` (float32 (leads, total samples), records concatenated along time),
+``offsets.npy`` ((N+1,) int64), ``ids.json`` and ``failed.json`` (records that could not
+be read, with the reason). The key hashes the adapter's ``cache_key()`` (source file
+names, sizes, mtimes and reading settings), the preprocessing settings and
+``CACHE_VERSION``, so a changed source or setting builds a new entry. An entry is
+written to a temporary directory and renamed into place, so readers never see half of one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def file_fingerprint(paths: Iterable[Path]) -> list:
+    """(name, size, mtime_ns) of each file: cheap to compute, changes when a file does."""
+    out = []
+    for p in sorted(Path(p) for p in paths):
+        st = p.stat()
+        out.append([str(p), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def cache_dir_for(root: str, dataset: str, adapter_key: str, preprocess: dict) -> Path:
+    text = json.dumps({"v": CACHE_VERSION, "adapter": adapter_key,
+                       "preprocess": {k: preprocess[k] for k in ("fs", "bandpass_hz", "filter_order")}},
+                      sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return Path(os.path.expanduser(root)) / f"{dataset}-{digest}"
+
+
+def read_cache(path: Path) -> Optional[tuple[list[str], list[np.ndarray], dict]]:
+    """-> (ids, signals as memory-mapped views, failed {id: reason}), or None when absent."""
+    if not (path / "ids.json").is_file():
+        return None
+    ids = json.loads((path / "ids.json").read_text())
+    failed = json.loads((path / "failed.json").read_text())
+    offsets = np.load(path / "offsets.npy")
+    data = np.load(path / "signals.npy", mmap_mode="r")
+    return ids, [data[:, offsets[i]:offsets[i + 1]] for i in range(len(ids))], failed
+
+
+def write_cache(path: Path, ids: list[str], signals: list[np.ndarray], failed: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
+    try:
+        lengths = [s.shape[1] for s in signals]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        leads = signals[0].shape[0] if signals else 0
+        out = np.lib.format.open_memmap(tmp / "signals.npy", mode="w+", dtype=np.float32,
+                                        shape=(leads, int(offsets[-1])))
+        for s, start in zip(signals, offsets[:-1]):
+            out[:, start:start + s.shape[1]] = s
+        out.flush()
+        del out
+        np.save(tmp / "offsets.npy", offsets)
+        (tmp / "failed.json").write_text(json.dumps(failed))
+        (tmp / "ids.json").write_text(json.dumps(ids))   # written last: its presence marks a complete entry
+        try:
+            os.replace(tmp, path)
+        except OSError:              # another process finished the same entry first
+            if not (path / "ids.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
