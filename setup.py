@@ -12,6 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["ecgnet", "ecgnet.*"]),
+    package_data={"ecgnet": ["data/resources/*"]},   # split lists and scoring tables shipped with adapters
     install_requires=[r for r in requirements if r],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": [
