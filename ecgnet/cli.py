@@ -64,7 +64,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
                                                  "and their ensembles.")
     parser.add_argument("--ckpt", required=True, help="a .pt file, a run directory or a k-fold run directory")
     parser.add_argument("--config", help="read the data with this config instead of the checkpoint's")
-    parser.add_argument("--split", choices=["test", "val"], default="test")
+    parser.add_argument("--split", choices=["test", "val"], help="default: the config's eval.split (test)")
     parser.add_argument("--out", help="report directory (default RUN_DIR/eval/SPLIT)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

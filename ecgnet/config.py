@@ -67,7 +67,7 @@ class TrainCfg:
     early_stop_patience: Optional[int] = 10
     tensorboard: bool = True
     progress: Literal["auto", "on", "off"] = "auto"        # auto = tqdm only on a terminal
-    deterministic: bool = False
+    deterministic: bool = False               # torch deterministic kernels (slower on CUDA)
 
 
 @dataclass

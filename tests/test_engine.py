@@ -146,3 +146,10 @@ def test_cli_bad_yaml_and_corrupt_checkpoint(tmp_path):
     ckpt.write_bytes(b"not a checkpoint")
     result = run_tool("tools/evaluate.py", "--ckpt", str(ckpt))
     assert result.returncode == 2 and "not a readable ecgnet checkpoint" in result.stderr
+
+
+def test_failed_start_leaves_no_run_directory(small_cfg, tmp_path):
+    from ecgnet.registry import ConfigError
+    with pytest.raises(ConfigError, match="train.monitor"):
+        train(load_config(small_cfg, ["train.monitor=macro_f1"]), work_dir=str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()

@@ -49,9 +49,9 @@ def _split_index(ids_in_data: list[str], wanted: list[str], source: Path, split:
     return np.array([position[rid] for rid in wanted], dtype=np.int64)
 
 
-def evaluate(ckpt: str | Path, split: str = "test", out: str | Path | None = None,
+def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None = None,
              config: str | Path | None = None) -> dict:
-    """Writes ``<out>/metrics.json`` (all models side by side), a sub-folder per model with
+    """``split`` defaults to the config's ``eval.split`` (test). Writes ``<out>/metrics.json`` (all models side by side), a sub-folder per model with
     metrics.json, per_class.csv, roc.png, confusion.png, and prints the tables. Returns the metrics."""
     run_dir, paths = find_checkpoints(ckpt)
     states = [load_checkpoint(p) for p in paths]
@@ -60,6 +60,7 @@ def evaluate(ckpt: str | Path, split: str = "test", out: str | Path | None = Non
             raise DataError(f"{p}: training did not finish (no tuned thresholds); "
                             f"finish it with tools/train.py --resume {run_dir}")
     cfg = resolve_config(load_config(config)) if config else states[0]["config"]
+    split = split or cfg["eval"]["split"]
     data = prepare_data(cfg)
     records = data.records
     if list(records.class_names) != states[0]["class_names"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from ..build import build, resolve_config
 from ..config import check_schema, dump_config, load_yaml_tree
 from ..data.dataset import load_signals
 from ..data.splits import make_splits
-from ..registry import ConfigError
+from ..registry import ConfigError, DataError
 from ..reports import write_json
 from .checkpoint import load_checkpoint, seed_everything
 from .predict import resolve_device
@@ -98,7 +99,12 @@ def train(cfg: dict, work_dir: str | None = None, folds: int | None = None) -> P
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
     write_json(_env(cfg), run_dir / "env.json")
-    return _run(cfg, run_dir)
+    try:
+        return _run(cfg, run_dir)
+    except (ConfigError, DataError):
+        if not any(run_dir.rglob("*.pt")):   # nothing trained yet: leave no half-made run behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def resume(run_dir: str | Path) -> Path:

@@ -62,6 +62,11 @@ class Trainer:
         self.seed = cfg["seed"] + fold
         self.device = resolve_device(tcfg["device"])
         self.dtype = amp_dtype(tcfg["amp"], self.device)
+        if not tcfg["monitor"].startswith("val/"):
+            raise ConfigError(f"train.monitor: '{tcfg['monitor']}' must be a validation metric, e.g. val/macro_auroc")
+        # deterministic kernels cost speed on CUDA; on CPU the default kernels are already repeatable
+        torch.use_deterministic_algorithms(tcfg["deterministic"], warn_only=True)
+        torch.backends.cudnn.benchmark = self.device.type == "cuda" and not tcfg["deterministic"]
         records = data.records
         train_idx = split["train"]
 
