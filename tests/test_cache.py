@@ -96,3 +96,25 @@ def test_no_cache_dir_reads_every_time(folder, tmp_path):
     load_signals(adapter, cfg(None), "folder")
     load_signals(adapter, cfg(None), "folder")
     assert adapter.reads == 10 and not list(tmp_path.glob("folder-*"))
+
+
+def test_lazy_adapter_reads_on_access_only(folder, tmp_path):
+    from ecgnet.data.dataset import EvalWindows, LazySignals
+    from ecgnet.data.transforms import Normalizer
+
+    class LazyFolder(FolderAdapter):
+        lazy = True
+
+        def num_samples(self, i):
+            return int(np.load(self.files[i], mmap_mode="r").shape[1])
+
+    adapter = LazyFolder(folder)
+    _, signals = load_signals(adapter, cfg(tmp_path / "cache", fs=50.0), "folder")
+    assert isinstance(signals, LazySignals) and adapter.reads == 0
+    assert not (tmp_path / "cache").exists()                  # lazy data is never copied into the cache
+    windows = EvalWindows(signals, np.arange(5), 40, 40, Normalizer("none"))
+    assert adapter.reads == 0                                  # lengths come from num_samples
+    assert [signals.length(i) for i in range(5)] == [signals[i].shape[1] for i in range(5)] == [150, 155, 160, 165, 170]
+    assert adapter.reads == 5
+    windows[len(windows) - 1]
+    assert adapter.reads == 6

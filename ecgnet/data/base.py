@@ -89,6 +89,14 @@ class ECGAdapter:
     #: read errors become a hard error instead of a counted skip
     strict: bool = False
 
+    #: records are read on access (``dataset.LazySignals``) instead of loaded or cached whole;
+    #: such an adapter implements ``num_samples`` and screens its records in ``records()``
+    lazy: bool = False
+
+    def num_samples(self, index: int) -> int:
+        """Length of record ``index`` at the source rate, without reading its samples (lazy adapters)."""
+        raise NotImplementedError
+
     def cache_key(self) -> Optional[str]:
         """A string that changes whenever the source files or reading settings change
         (see ``cache.file_fingerprint``); None disables the preprocessing cache (e.g. for

@@ -7,7 +7,9 @@ back to one prediction per record.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,8 +44,41 @@ def _read_all(adapter: ECGAdapter, fs: float, cfg: dict, progress: bool) -> tupl
     return signals, failed
 
 
+class LazySignals(Sequence):
+    """Records read on access, for adapters too large to load or cache (``adapter.lazy``).
+
+    ``signals[i]`` reads and preprocesses record i; ``length(i)`` gives its length after
+    resampling without reading it (from ``adapter.num_samples(i)``). Nothing is kept, so
+    memory stays flat however large the file; each DataLoader worker reads through the
+    adapter, which must open its own file handle per process.
+    """
+
+    def __init__(self, adapter: ECGAdapter, cfg: dict):
+        self.adapter, self.cfg = adapter, cfg
+        self.fs_in = adapter.records().fs
+        self.fs_out = cfg["fs"] or self.fs_in
+
+    def __len__(self) -> int:
+        return len(self.adapter.records().ids)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return preprocess(self.adapter.load(int(i)), self.fs_in, self.cfg)
+
+    def length(self, i: int) -> int:
+        n = self.adapter.num_samples(int(i))
+        if self.fs_out == self.fs_in:
+            return n
+        ratio = Fraction(self.fs_out / self.fs_in).limit_denominator(1000)
+        return -(-n * ratio.numerator // ratio.denominator)   # resample_poly's output length
+
+
+def record_length(signals: Sequence[np.ndarray], i: int) -> int:
+    """Samples in record i, without reading it when the signals are lazy."""
+    return signals.length(i) if isinstance(signals, LazySignals) else signals[i].shape[1]
+
+
 def load_signals(adapter: ECGAdapter, cfg: dict, dataset: str = "data",
-                 progress: bool = False) -> tuple[RecordSet, list[np.ndarray]]:
+                 progress: bool = False) -> tuple[RecordSet, Sequence[np.ndarray]]:
     """Every readable record, preprocessed per the ``preprocess`` section, as float32
     (leads, samples), with the RecordSet reduced to those records.
 
@@ -52,6 +87,8 @@ def load_signals(adapter: ECGAdapter, cfg: dict, dataset: str = "data",
     skipped, counted and listed in one warning (an error when the adapter is strict).
     """
     records = adapter.records()
+    if adapter.lazy:                 # the adapter checked its records when it listed them
+        return records, LazySignals(adapter, cfg)
     key = adapter.cache_key()
     path = cache_dir_for(cfg["cache_dir"], dataset, key, cfg) if cfg.get("cache_dir") and key else None
     cached = read_cache(path) if path else None
@@ -118,7 +155,7 @@ class EvalWindows(torch.utils.data.Dataset):
                  normalizer: Normalizer):
         self.signals, self.window, self.normalizer = signals, window, normalizer
         self.items = [(pos, start) for pos, record in enumerate(index)
-                      for start in window_starts(signals[record].shape[1], window, stride)]
+                      for start in window_starts(record_length(signals, record), window, stride)]
         self.index = index
 
     def __len__(self) -> int:
