@@ -15,6 +15,8 @@ SMALL = {
     "cnn1d": {"widths": [16, 32, 32], "hidden": 32},
     "resnet1d": {"base_width": 8, "num_blocks": 4, "widen_every": 2, "kernel_size": 8},
     "se_resnet1d": {"widths": [8, 8, 16, 16], "kernel_size": 7, "se_reduction": 4, "hidden": 16},
+    "se_attention1d": {"widths": [8, 8, 16, 16], "kernel_size": 7, "se_reduction": 4, "attention_dim": 8,
+                       "hidden": 16},
 }
 NAMES = MODELS.names()
 
@@ -25,7 +27,14 @@ def build(name: str, in_leads: int = 12, num_classes: int = 5, **settings) -> nn
 
 
 def test_families_are_registered():
-    assert {"cnn1d", "resnet1d", "se_resnet1d"} <= set(NAMES)
+    assert {"cnn1d", "resnet1d", "se_resnet1d", "se_attention1d"} <= set(NAMES)
+
+
+def test_attention_weights_are_a_distribution_over_time():
+    model = build("se_attention1d").eval()
+    weights = model.attention(torch.randn(3, 12, 400))
+    assert weights.shape == (3, 50)                  # 400 samples / 8 (strided stem + 2 strided blocks)
+    assert torch.allclose(weights.sum(1), torch.ones(3)) and (weights >= 0).all()
 
 
 @pytest.mark.parametrize("kernel_size", [1, 3, 15, 16])
