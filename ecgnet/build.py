@@ -7,11 +7,12 @@ run saves to ``config.yaml`` and into its checkpoints.
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 from . import data, losses, models, optim  # noqa: F401  (registration)
 from .config import check_schema
 from .registry import (AUGMENTATIONS, DATASETS, LOSSES, MODELS, OPTIMIZERS, SAMPLERS, SCHEDULERS,
-                       ConfigError)
+                       ConfigError, check_type)
 
 # section -> (registry, arguments derived from the data or the trainer, default section)
 COMPONENTS = {
@@ -24,8 +25,17 @@ COMPONENTS = {
 }
 
 
+# settings of the ``model`` section that belong to the trainer, not to the model's constructor
+MODEL_TRAINING_KEYS = {"init_from": Optional[str], "freeze": list[str]}
+
+
 def resolve_config(cfg: dict) -> dict:
     cfg = check_schema(copy.deepcopy(cfg))
+    model_extras = {}
+    if isinstance(cfg.get("model"), dict):
+        for key, annotation in MODEL_TRAINING_KEYS.items():
+            model_extras[key] = check_type(cfg["model"].pop(key, None if key == "init_from" else []),
+                                           annotation, f"model.{key}")
     for section, (registry, derived, default) in COMPONENTS.items():
         if section not in cfg:
             if default is None:
@@ -35,6 +45,7 @@ def resolve_config(cfg: dict) -> dict:
         elif default is not None and isinstance(cfg[section], dict) and "type" not in cfg[section]:
             cfg[section] = {**default, **cfg[section]}   # e.g. ``optimizer: {lr: 1e-4}`` keeps radam
         cfg[section] = registry.resolve(cfg[section], section, derived)
+    cfg["model"].update(model_extras)
     cfg["augment"] = [AUGMENTATIONS.resolve(a, f"augment[{i}]", ("fs",)) for i, a in enumerate(cfg["augment"])]
     if cfg["split"]["type"] == "random" and cfg["split"]["val_fraction"] + cfg["split"]["test_fraction"] >= 1:
         raise ConfigError("split: val_fraction + test_fraction must be below 1")
@@ -48,7 +59,10 @@ def resolve_config(cfg: dict) -> dict:
 
 def build(section: str, cfg: dict, **derived):
     registry = COMPONENTS[section][0]
-    return registry.build(cfg[section], section, **derived)
+    settings = cfg[section]
+    if section == "model":
+        settings = {k: v for k, v in settings.items() if k not in MODEL_TRAINING_KEYS}
+    return registry.build(settings, section, **derived)
 
 
 def build_augmentations(cfg: dict, fs: float) -> list:

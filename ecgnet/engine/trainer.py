@@ -24,6 +24,7 @@ from ..registry import ConfigError, hint
 from ..thresholds import decide, tune_thresholds
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .predict import amp_dtype, autocast, predict, resolve_device
+from .transfer import freeze, init_from_checkpoint, keep_frozen_norms_in_eval
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,13 @@ class Trainer:
 
         self.normalizer = Normalizer(cfg["preprocess"]["normalize"]).fit([data.signals[i] for i in train_idx])
         torch.manual_seed(self.seed)   # model initialisation depends on the seed only
-        self.model = build("model", cfg, in_leads=len(records.leads), num_classes=records.num_classes).to(self.device)
+        self.model = build("model", cfg, in_leads=len(records.leads), num_classes=records.num_classes)
+        resuming = (out_dir / "last.pt").is_file()
+        if cfg["model"]["init_from"] and not resuming:
+            init_from_checkpoint(self.model, cfg["model"]["init_from"])
+        if cfg["model"]["freeze"]:
+            freeze(self.model, cfg["model"]["freeze"])
+        self.model.to(self.device)
         self.loss_fn = build("loss", cfg, multilabel=records.multilabel,
                              class_counts=records.class_counts(train_idx)).to(self.device)
         self.sampler = build("sampler", cfg, labels=records.multi_hot(train_idx), seed=self.seed)
@@ -84,7 +91,7 @@ class Trainer:
             num_workers=tcfg["num_workers"], pin_memory=self.device.type == "cuda")
         self.val_windows = EvalWindows(data.signals, split["val"], data.window, data.stride, self.normalizer)
         steps = len(self.train_loader)
-        self.optimizer = build("optimizer", cfg, params=self.model.parameters())
+        self.optimizer = build("optimizer", cfg, params=[p for p in self.model.parameters() if p.requires_grad])
         self.scheduler = build("schedule", cfg, optimizer=self.optimizer, steps_per_epoch=steps, epochs=tcfg["epochs"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.mode = monitor_mode(tcfg)
@@ -92,12 +99,13 @@ class Trainer:
         self.best = {"value": None, "epoch": None}
         self.history: list[dict] = []
         self.thresholds = None
-        if (out_dir / "last.pt").is_file():
+        if resuming:
             self._restore(load_checkpoint(out_dir / "last.pt"))
 
     # ---- the loop ----
     def train_one_epoch(self) -> float:
         self.model.train()
+        keep_frozen_norms_in_eval(self.model)
         self.sampler.set_epoch(self.epoch)
         self.train_set.set_epoch(self.epoch)
         torch.manual_seed(_epoch_seed(self.seed, self.epoch))   # dropout draws do not depend on history
