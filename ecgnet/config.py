@@ -47,10 +47,14 @@ class PreprocessCfg:
 
 @dataclass
 class InputCfg:
-    """What the network sees: fixed windows. Training takes a random crop (zero-padded when
-    the record is shorter); evaluation slides windows over the whole record and averages."""
+    """What the network sees. Fixed windows: training takes a random crop (zero-padded when
+    the record is shorter); evaluation slides windows over the whole record and averages.
+    Full length: whole records (cropped to ``max_length_s``), batched by similar length and
+    zero-padded to the longest in the batch."""
     window_s: Optional[float] = None           # null = the dataset's record length
     eval_stride_s: Optional[float] = None      # null = window_s (non-overlapping)
+    full_length: bool = False
+    max_length_s: Optional[float] = None       # full_length: longer records are cropped (eval: windows)
 
 
 @dataclass

@@ -153,3 +153,28 @@ def test_synthetic_adapter_is_deterministic_and_labelled():
     assert varlen.record_length_s is None and len({varlen.load(i).shape[1] for i in range(5)}) > 1
     with pytest.raises(ConfigError, match="data.leads: unknown lead"):
         build("data", {"data": {**cfg["data"], "leads": ["V7"]}})
+
+
+def test_bucket_batches_cover_the_epoch_with_similar_lengths():
+    from ecgnet.data.dataset import BucketBatchSampler
+    labels = np.zeros((200, 1), np.float32)
+    lengths = np.random.default_rng(0).integers(100, 2000, 200)
+    sampler = build("sampler", {"sampler": {"type": "random"}}, labels=labels, seed=0)
+    batches = BucketBatchSampler(sampler, lengths, batch_size=8, pool_batches=25)
+    batches.set_epoch(1)
+    drawn = list(batches)
+    assert sorted(p for b in drawn for p in b) == list(range(200)) and len(drawn) == len(batches) == 25
+    spread = np.mean([np.ptp(lengths[b]) for b in drawn])
+    assert spread < 0.2 * np.ptp(lengths)                 # sorted pools keep each batch's lengths close
+    batches.set_epoch(1)
+    assert list(batches) == drawn
+
+
+def test_pad_collate_and_unpadded_eval_windows():
+    from ecgnet.data.dataset import pad_collate
+    signals = [np.ones((2, n), np.float32) for n in (30, 80, 50)]
+    ds = EvalWindows(signals, np.arange(3), 60, 60, Normalizer("none"), pad=False)
+    items = [ds[i] for i in range(len(ds))]
+    assert [x.shape[1] for x, _ in items] == [30, 50, 60, 60]      # by length; the long record gives 2 windows
+    x, pos = pad_collate(items)
+    assert x.shape == (4, 2, 60) and x[0, :, 30:].abs().sum() == 0 and pos.tolist() == [0, 2, 1, 1]

@@ -153,3 +153,13 @@ def test_failed_start_leaves_no_run_directory(small_cfg, tmp_path):
     with pytest.raises(ConfigError, match="train.monitor"):
         train(load_config(small_cfg, ["train.monitor=macro_f1"]), work_dir=str(tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()
+
+
+def test_full_length_training_on_variable_length_records(small_cfg, tmp_path):
+    opts = ["data.max_duration_s=14", "input.full_length=true", "input.max_length_s=12", "train.epochs=3",
+            "schedule.cooldown_epochs=1"]
+    run = train(load_config(small_cfg, opts), work_dir=str(tmp_path / "full"))
+    state = load_checkpoint(run / "best.pt")
+    assert state["full_length"] and state["window"] == 600           # 12 s at 50 Hz caps the length
+    results = evaluate(run, "test", tmp_path / "eval")
+    assert results["model"]["macro_auroc"] > 0.5

@@ -125,10 +125,11 @@ class TrainWindows(torch.utils.data.Dataset):
 
     def __init__(self, signals: Sequence[np.ndarray], targets: np.ndarray, index: np.ndarray,
                  window: int, normalizer: Normalizer, augment: Sequence[Callable] = (),
-                 duplicate_noise_std: float = 0.0, seed: int = 0):
+                 duplicate_noise_std: float = 0.0, seed: int = 0, pad: bool = True):
         self.signals, self.targets, self.index = signals, targets, index
         self.window, self.normalizer, self.augment = window, normalizer, list(augment)
         self.duplicate_noise_std, self.seed, self.epoch = duplicate_noise_std, seed, 0
+        self.pad = pad    # False: records shorter than the window keep their length (full-length batches)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -140,7 +141,10 @@ class TrainWindows(torch.utils.data.Dataset):
         n = len(self.index)
         record = self.index[position % n]
         rng = np.random.default_rng([self.seed, self.epoch, position])
-        x = self.normalizer(random_crop(self.signals[record], self.window, rng))
+        signal = self.signals[record]
+        if self.pad or signal.shape[1] > self.window:
+            signal = random_crop(signal, self.window, rng)
+        x = self.normalizer(signal)
         if position >= n and self.duplicate_noise_std > 0:
             x = x + rng.normal(0, self.duplicate_noise_std, x.shape).astype(np.float32)
         for aug in self.augment:
@@ -149,13 +153,19 @@ class TrainWindows(torch.utils.data.Dataset):
 
 
 class EvalWindows(torch.utils.data.Dataset):
-    """All sliding windows of the records in ``index``; items are (window, record position)."""
+    """All sliding windows of the records in ``index``; items are (window, record position).
+
+    With ``pad=False`` (full-length mode) a record shorter than the window is one item of its
+    own length, and items are ordered by length so padded batches waste little.
+    """
 
     def __init__(self, signals: Sequence[np.ndarray], index: np.ndarray, window: int, stride: int,
-                 normalizer: Normalizer):
-        self.signals, self.window, self.normalizer = signals, window, normalizer
-        self.items = [(pos, start) for pos, record in enumerate(index)
-                      for start in window_starts(record_length(signals, record), window, stride)]
+                 normalizer: Normalizer, pad: bool = True):
+        self.signals, self.window, self.normalizer, self.pad = signals, window, normalizer, pad
+        lengths = [record_length(signals, record) for record in index]
+        self.items = [(pos, start) for pos, n in enumerate(lengths) for start in window_starts(n, window, stride)]
+        if not pad:
+            self.items.sort(key=lambda item: min(lengths[item[0]], window))
         self.index = index
 
     def __len__(self) -> int:
@@ -163,5 +173,41 @@ class EvalWindows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         pos, start = self.items[i]
-        x = self.normalizer(crop_or_pad(self.signals[self.index[pos]], self.window, start))
-        return torch.from_numpy(np.ascontiguousarray(x, np.float32)), pos
+        signal = self.signals[self.index[pos]]
+        x = crop_or_pad(signal, self.window, start) if self.pad else signal[:, start:start + self.window]
+        return torch.from_numpy(np.ascontiguousarray(self.normalizer(x), np.float32)), pos
+
+
+def pad_collate(batch: list[tuple[torch.Tensor, object]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (signal, target) pairs of different lengths, zero-padding at the end to the longest."""
+    longest = max(x.shape[1] for x, _ in batch)
+    signals = torch.zeros(len(batch), batch[0][0].shape[0], longest)
+    for i, (x, _) in enumerate(batch):
+        signals[i, :, :x.shape[1]] = x
+    return signals, torch.utils.data.default_collate([y for _, y in batch])
+
+
+class BucketBatchSampler(torch.utils.data.Sampler):
+    """Batches of similar length for full-length training: the epoch's positions (from any
+    sampler) are taken in pools of ``batch_size * pool_batches``, each pool is sorted by record
+    length and cut into batches, and the batches are shuffled; padding then stays small."""
+
+    def __init__(self, sampler, lengths: np.ndarray, batch_size: int, pool_batches: int = 50):
+        self.sampler, self.lengths, self.batch_size, self.pool = sampler, lengths, batch_size, pool_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        positions = np.asarray(list(self.sampler))
+        size = self.batch_size * self.pool
+        batches = []
+        for start in range(0, len(positions), size):
+            pool = positions[start:start + size]
+            pool = pool[np.argsort(self.lengths[pool % len(self.lengths)], kind="stable")]
+            batches += [pool[i:i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size)]
+        order = np.random.default_rng([self.sampler.seed, self.sampler.epoch, 1]).permutation(len(batches))
+        return iter([batches[i] for i in order])
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)

@@ -77,7 +77,7 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
         model.load_state_dict(state["model"])
         model.to(device)
         windows = EvalWindows(data.signals, index, state["window"], state["stride"],
-                              Normalizer.from_state(state["normalizer"]))
+                              Normalizer.from_state(state["normalizer"]), pad=not state.get("full_length", False))
         probs, _ = predict(model, windows, records.multilabel, device, dtype, cfg["train"]["eval_batch_size"])
         decisions = decide(probs, state["thresholds"], records.multilabel)
         y = records.multi_hot(index)

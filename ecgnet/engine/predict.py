@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from ..data.dataset import EvalWindows
+from ..data.dataset import EvalWindows, pad_collate
 from ..registry import ConfigError
 
 
@@ -48,7 +48,8 @@ def predict(model: torch.nn.Module, windows: EvalWindows, multilabel: bool, devi
     """Probabilities (records, C), averaged over each record's windows, and the mean
     window loss when ``loss_fn`` and per-record ``targets`` are given."""
     model.eval()
-    loader = torch.utils.data.DataLoader(windows, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(windows, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=None if windows.pad else pad_collate)
     n_records = len(windows.index)
     prob_sum, counts = None, np.zeros(n_records)
     loss_sum, seen = 0.0, 0

@@ -22,7 +22,7 @@ import torch
 from .. import __version__
 from ..build import build, resolve_config
 from ..config import check_schema, dump_config, load_yaml_tree
-from ..data.dataset import load_signals
+from ..data.dataset import load_signals, record_length
 from ..data.splits import make_splits
 from ..registry import ConfigError, DataError
 from ..reports import write_json
@@ -38,18 +38,26 @@ def prepare_data(cfg: dict, progress: bool = False) -> PreparedData:
     adapter = build("data", cfg)
     records = adapter.records()
     fs = cfg["preprocess"]["fs"] or records.fs
-    window_s = cfg["input"]["window_s"] or adapter.record_length_s
-    if window_s is None:
-        raise ConfigError("input.window_s: required for a dataset whose records differ in length, e.g. 10")
-    window = int(round(window_s * fs))
-    stride = int(round((cfg["input"]["eval_stride_s"] or window_s) * fs))
-    if window < 8 or stride < 1:
-        raise ConfigError(f"input: window of {window} samples / stride {stride} at {fs} Hz is too short")
+    icfg = cfg["input"]
+    if icfg["full_length"]:
+        window = stride = None       # set from the records below
+    else:
+        window_s = icfg["window_s"] or adapter.record_length_s
+        if window_s is None:
+            raise ConfigError("input.window_s: required for a dataset whose records differ in length, "
+                              "e.g. 10 (or set input.full_length: true)")
+        window = int(round(window_s * fs))
+        stride = int(round((icfg["eval_stride_s"] or window_s) * fs))
+        if window < 8 or stride < 1:
+            raise ConfigError(f"input: window of {window} samples / stride {stride} at {fs} Hz is too short")
     records, signals = load_signals(adapter, cfg["preprocess"], cfg["data"]["type"], progress)
     for reason, ids in records.skipped.items():
         log.warning("left out %d record(s) (%s): %s", len(ids), reason,
                     ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""))
-    return PreparedData(records, signals, fs, window, stride, adapter)
+    if icfg["full_length"]:
+        longest = max(record_length(signals, i) for i in range(len(signals)))
+        window = stride = min(longest, int(round(icfg["max_length_s"] * fs))) if icfg["max_length_s"] else longest
+    return PreparedData(records, signals, fs, window, stride, adapter, icfg["full_length"])
 
 
 def model_dirs(run_dir: Path, folds: int) -> list[Path]:

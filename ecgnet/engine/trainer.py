@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..build import build, build_augmentations
 from ..data.base import ECGAdapter, RecordSet
-from ..data.dataset import EvalWindows, TrainWindows
+from ..data.dataset import BucketBatchSampler, EvalWindows, TrainWindows, pad_collate, record_length
 from ..data.transforms import Normalizer
 from ..metrics import classification_metrics, summary
 from ..registry import ConfigError, hint
@@ -38,6 +38,7 @@ class PreparedData:
     window: int              # samples the network sees
     stride: int              # evaluation window stride
     adapter: ECGAdapter      # for dataset-specific metrics
+    full_length: bool = False  # whole records in length-bucketed, padded batches
 
     @property
     def targets(self) -> np.ndarray:
@@ -85,11 +86,18 @@ class Trainer:
         self.sampler = build("sampler", cfg, labels=records.multi_hot(train_idx), seed=self.seed)
         self.train_set = TrainWindows(data.signals, data.targets, train_idx, data.window, self.normalizer,
                                       build_augmentations(cfg, data.fs),
-                                      getattr(self.sampler, "noise_std", 0.0), self.seed)
-        self.train_loader = torch.utils.data.DataLoader(
-            self.train_set, batch_size=tcfg["batch_size"], sampler=self.sampler, drop_last=False,
-            num_workers=tcfg["num_workers"], pin_memory=self.device.type == "cuda")
-        self.val_windows = EvalWindows(data.signals, split["val"], data.window, data.stride, self.normalizer)
+                                      getattr(self.sampler, "noise_std", 0.0), self.seed, pad=not data.full_length)
+        loader_args = {"num_workers": tcfg["num_workers"], "pin_memory": self.device.type == "cuda"}
+        if data.full_length:
+            lengths = np.array([record_length(data.signals, i) for i in train_idx])
+            self.train_loader = torch.utils.data.DataLoader(
+                self.train_set, batch_sampler=BucketBatchSampler(self.sampler, lengths, tcfg["batch_size"]),
+                collate_fn=pad_collate, **loader_args)
+        else:
+            self.train_loader = torch.utils.data.DataLoader(
+                self.train_set, batch_size=tcfg["batch_size"], sampler=self.sampler, **loader_args)
+        self.val_windows = EvalWindows(data.signals, split["val"], data.window, data.stride, self.normalizer,
+                                       pad=not data.full_length)
         steps = len(self.train_loader)
         self.optimizer = build("optimizer", cfg, params=[p for p in self.model.parameters() if p.requires_grad])
         self.scheduler = build("schedule", cfg, optimizer=self.optimizer, steps_per_epoch=steps, epochs=tcfg["epochs"])
@@ -201,6 +209,7 @@ class Trainer:
             "format": FORMAT, "config": self.cfg, "fold": self.fold,
             "class_names": list(records.class_names), "multilabel": records.multilabel,
             "leads": list(records.leads), "fs": self.data.fs, "window": self.data.window, "stride": self.data.stride,
+            "full_length": self.data.full_length,
             "normalizer": self.normalizer.state_dict(),
             "split": {name: ids[idx].tolist() for name, idx in self.split.items()},
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
