@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..registry import MODELS
-from .layers import ConvBnAct1d, check_settings
-from .se_resnet1d import SEBlock1d
+from .layers import check_settings
+from .se_resnet1d import se_trunk
 
 
 class TemporalAttentionPool(nn.Module):
@@ -41,12 +41,7 @@ class SEAttention1d(nn.Module):
         super().__init__()
         check_settings("se_attention1d", dropout, {"widths": widths}, kernel_size=kernel_size,
                        se_reduction=se_reduction, attention_dim=attention_dim, hidden=hidden)
-        self.stem = ConvBnAct1d(in_leads, widths[0], kernel_size, stride=2)
-        channels = [widths[0], *widths]
-        self.blocks = nn.Sequential(*[
-            SEBlock1d(channels[i], width, kernel_size, stride=2 if i % 2 else 1,
-                      se_reduction=se_reduction, dropout=dropout)
-            for i, width in enumerate(widths)])
+        self.stem, self.blocks = se_trunk(in_leads, widths, kernel_size, se_reduction, dropout)
         self.pool = TemporalAttentionPool(widths[-1], attention_dim)
         self.head = nn.Sequential(nn.Linear(widths[-1], hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                   nn.Linear(hidden, num_classes))

@@ -37,6 +37,19 @@ class SEBlock1d(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
+def se_trunk(in_leads: int, widths: Sequence[int], kernel_size: int, se_reduction: int,
+             dropout: float) -> tuple[nn.Module, nn.Sequential]:
+    """(stem, blocks): a strided stem conv, then one SE block per width, stride 2 every other block."""
+    # A strided stem halves the sequence before the costliest (full-length) convolutions.
+    stem = ConvBnAct1d(in_leads, widths[0], kernel_size, stride=2)
+    channels = [widths[0], *widths]
+    blocks = nn.Sequential(*[
+        SEBlock1d(channels[i], width, kernel_size, stride=2 if i % 2 else 1,
+                  se_reduction=se_reduction, dropout=dropout)
+        for i, width in enumerate(widths)])
+    return stem, blocks
+
+
 @MODELS.register("se_resnet1d")
 class SEResNet1d(nn.Module):
     """SE-ResNet: ``len(widths)`` residual blocks, 32x subsampling at the default 8 blocks.
@@ -50,13 +63,7 @@ class SEResNet1d(nn.Module):
         super().__init__()
         check_settings("se_resnet1d", dropout, {"widths": widths}, kernel_size=kernel_size,
                        se_reduction=se_reduction, hidden=hidden)
-        # A strided stem halves the sequence before the costliest (full-length) convolutions.
-        self.stem = ConvBnAct1d(in_leads, widths[0], kernel_size, stride=2)
-        channels = [widths[0], *widths]
-        self.blocks = nn.Sequential(*[
-            SEBlock1d(channels[i], width, kernel_size, stride=2 if i % 2 else 1,
-                      se_reduction=se_reduction, dropout=dropout)
-            for i, width in enumerate(widths)])
+        self.stem, self.blocks = se_trunk(in_leads, widths, kernel_size, se_reduction, dropout)
         self.head = PoolMLPHead(widths[-1], hidden, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
