@@ -1,9 +1,9 @@
 """On-disk preprocessing cache: decode and preprocess a dataset once, then memory-map it.
 
 A cache entry is a directory ``<cache_dir>/<dataset>-<key>/`` holding
-``signals.npy`` (float32 (leads, total samples), records concatenated along time),
-``offsets.npy`` ((N+1,) int64), ``ids.json`` and ``failed.json`` (records that could not
-be read, with the reason). The key hashes the adapter's ``cache_key()`` (source file
+``signals.f32`` (raw float32, (total samples, leads), records concatenated along time),
+``meta.json`` (leads, total), ``offsets.npy`` ((N+1,) int64), ``ids.json`` and
+``failed.json`` (records that could not be read, with the reason). The key hashes the adapter's ``cache_key()`` (source file
 names, sizes, mtimes and reading settings), the preprocessing settings and
 ``CACHE_VERSION``, so a changed source or setting builds a new entry. An entry is
 written to a temporary directory and renamed into place, so readers never see half of one.
@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def file_fingerprint(paths: Iterable[Path]) -> list:
@@ -44,30 +44,41 @@ def cache_dir_for(root: str, dataset: str, adapter_key: str, preprocess: dict) -
 
 
 def read_cache(path: Path) -> Optional[tuple[list[str], list[np.ndarray], dict]]:
-    """-> (ids, signals as memory-mapped views, failed {id: reason}), or None when absent."""
+    """-> (ids, signals as memory-mapped (leads, samples) views, failed {id: reason}), or None when absent."""
     if not (path / "ids.json").is_file():
         return None
     ids = json.loads((path / "ids.json").read_text())
     failed = json.loads((path / "failed.json").read_text())
+    meta = json.loads((path / "meta.json").read_text())
     offsets = np.load(path / "offsets.npy")
-    data = np.load(path / "signals.npy", mmap_mode="r")
-    return ids, [data[:, offsets[i]:offsets[i + 1]] for i in range(len(ids))], failed
+    if meta["total"] == 0:
+        data = np.zeros((0, meta["leads"]), np.float32)
+    else:
+        data = np.memmap(path / "signals.f32", dtype=np.float32, mode="r", shape=(meta["total"], meta["leads"]))
+    return ids, [data[offsets[i]:offsets[i + 1]].T for i in range(len(ids))], failed
 
 
-def write_cache(path: Path, ids: list[str], signals: list[np.ndarray], failed: dict) -> None:
+def write_cache(path: Path, items: Iterable[tuple[str, Optional[np.ndarray], Optional[str]]], leads: int) -> None:
+    """Stream (id, signal (leads, samples) or None, failure reason) items into a new entry.
+
+    Records are appended one at a time (time-major, so each is one contiguous write), so
+    memory stays flat however large the dataset.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
     try:
-        lengths = [s.shape[1] for s in signals]
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        leads = signals[0].shape[0] if signals else 0
-        out = np.lib.format.open_memmap(tmp / "signals.npy", mode="w+", dtype=np.float32,
-                                        shape=(leads, int(offsets[-1])))
-        for s, start in zip(signals, offsets[:-1]):
-            out[:, start:start + s.shape[1]] = s
-        out.flush()
-        del out
-        np.save(tmp / "offsets.npy", offsets)
+        ids, offsets, failed = [], [0], {}
+        with open(tmp / "signals.f32", "wb") as f:
+            for rid, x, reason in items:
+                ids.append(rid)
+                if x is None:
+                    failed[rid] = reason
+                    offsets.append(offsets[-1])
+                    continue
+                f.write(np.ascontiguousarray(x.T, dtype=np.float32).tobytes())
+                offsets.append(offsets[-1] + x.shape[1])
+        np.save(tmp / "offsets.npy", np.asarray(offsets, np.int64))
+        (tmp / "meta.json").write_text(json.dumps({"leads": leads, "total": offsets[-1]}))
         (tmp / "failed.json").write_text(json.dumps(failed))
         (tmp / "ids.json").write_text(json.dumps(ids))   # written last: its presence marks a complete entry
         try:

@@ -24,24 +24,22 @@ from .transforms import Normalizer, crop_or_pad, preprocess, random_crop, window
 log = logging.getLogger(__name__)
 
 
-def _read_all(adapter: ECGAdapter, fs: float, cfg: dict, progress: bool) -> tuple[list, dict]:
-    """Read and preprocess every record; a record that cannot be read becomes an entry of
-    ``failed`` ({id: reason}) unless the adapter is strict."""
+def _read_each(adapter: ECGAdapter, fs: float, cfg: dict, progress: bool):
+    """Yield (id, preprocessed signal or None, failure reason or None) per record; a record
+    that cannot be read is a failure unless the adapter is strict."""
     records = adapter.records()
-    signals, failed = [], {}
     for i in tqdm(range(len(records.ids)), desc="reading records", disable=not progress, leave=False):
         try:
             x = adapter.load(i)
-            if x.ndim != 2 or x.shape[1] == 0 or not np.isfinite(x).all():
-                raise DataError(f"record {records.ids[i]}: expected finite (leads, samples), got shape {x.shape}")
+            if x.ndim != 2 or x.shape[0] != len(records.leads) or x.shape[1] == 0 or not np.isfinite(x).all():
+                raise DataError(f"record {records.ids[i]}: expected finite ({len(records.leads)} leads, samples), "
+                                f"got shape {x.shape}")
         except DataError as err:
             if adapter.strict:
                 raise
-            failed[records.ids[i]] = str(err)
-            signals.append(np.zeros((len(records.leads), 0), np.float32))
+            yield records.ids[i], None, str(err)
             continue
-        signals.append(np.ascontiguousarray(preprocess(x, fs, cfg), dtype=np.float32))
-    return signals, failed
+        yield records.ids[i], np.ascontiguousarray(preprocess(x, fs, cfg), dtype=np.float32), None
 
 
 class LazySignals(Sequence):
@@ -95,14 +93,20 @@ def load_signals(adapter: ECGAdapter, cfg: dict, dataset: str = "data",
     if cached is not None and cached[0] != list(records.ids):
         log.warning("cache %s lists other records than the dataset; rebuilding it", path)
         cached = None
-    if cached is None:
-        signals, failed = _read_all(adapter, records.fs, cfg, progress)
-        if path:
-            write_cache(path, list(records.ids), signals, failed)
-            log.info("preprocessed %d records into the cache %s", len(signals), path)
-    else:
+    if cached is None and path:
+        write_cache(path, _read_each(adapter, records.fs, cfg, progress), len(records.leads))
+        cached = read_cache(path)
+        log.info("preprocessed %d records into the cache %s", len(cached[1]), path)
+    elif cached is not None:
+        log.info("read %d preprocessed records from the cache %s", len(cached[1]), path)
+    if cached is not None:
         _, signals, failed = cached
-        log.info("read %d preprocessed records from the cache %s", len(signals), path)
+    else:
+        signals, failed = [], {}
+        for rid, x, reason in _read_each(adapter, records.fs, cfg, progress):
+            signals.append(x)
+            if x is None:
+                failed[rid] = reason
     if failed:
         if adapter.strict:
             raise DataError(f"{len(failed)} record(s) could not be read (cached from an earlier run), e.g. "
