@@ -3,7 +3,7 @@ and the registered training augmentations."""
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from scipy import signal as sps
@@ -52,14 +52,22 @@ class Normalizer:
         self.mean = None if mean is None else np.asarray(mean, np.float32)[:, None]
         self.std = None if std is None else np.asarray(std, np.float32)[:, None]
 
-    def fit(self, signals: Sequence[np.ndarray]) -> "Normalizer":
-        if self.mode == "per_lead":
-            total = sum(s.sum(axis=1, dtype=np.float64) for s in signals)
-            count = sum(s.shape[1] for s in signals)
-            mean = total / count
-            var = sum(((s - mean[:, None]) ** 2).sum(axis=1, dtype=np.float64) for s in signals) / count
-            self.mean = mean.astype(np.float32)[:, None]
-            self.std = np.sqrt(np.maximum(var, 1e-12)).astype(np.float32)[:, None]
+    def fit(self, signals: Iterable[np.ndarray]) -> "Normalizer":
+        """One streaming pass (float64 sums of x and x^2 per lead), so a lazy dataset is never
+        held in memory; only ``per_lead`` has anything to fit."""
+        if self.mode != "per_lead":
+            return self
+        total = squares = None
+        count = 0
+        for s in signals:
+            s = np.asarray(s, np.float64)
+            total = s.sum(axis=1) if total is None else total + s.sum(axis=1)
+            squares = (s * s).sum(axis=1) if squares is None else squares + (s * s).sum(axis=1)
+            count += s.shape[1]
+        mean = total / count
+        var = np.maximum(squares / count - mean ** 2, 1e-12)
+        self.mean = mean.astype(np.float32)[:, None]
+        self.std = np.sqrt(var).astype(np.float32)[:, None]
         return self
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -72,7 +72,7 @@ class Trainer:
         records = data.records
         train_idx = split["train"]
 
-        self.normalizer = Normalizer(cfg["preprocess"]["normalize"]).fit([data.signals[i] for i in train_idx])
+        self.normalizer = Normalizer(cfg["preprocess"]["normalize"]).fit(data.signals[i] for i in train_idx)
         torch.manual_seed(self.seed)   # model initialisation depends on the seed only
         self.model = build("model", cfg, in_leads=len(records.leads), num_classes=records.num_classes)
         resuming = (out_dir / "last.pt").is_file()
