@@ -153,7 +153,7 @@ class TrainWindows(torch.utils.data.Dataset):
             x = x + rng.normal(0, self.duplicate_noise_std, x.shape).astype(np.float32)
         for aug in self.augment:
             x = aug(x, rng)
-        return torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.as_tensor(self.targets[record])
+        return torch.from_numpy(np.array(x, np.float32, order="C")), torch.as_tensor(self.targets[record])
 
 
 class EvalWindows(torch.utils.data.Dataset):
@@ -179,7 +179,7 @@ class EvalWindows(torch.utils.data.Dataset):
         pos, start = self.items[i]
         signal = self.signals[self.index[pos]]
         x = crop_or_pad(signal, self.window, start) if self.pad else signal[:, start:start + self.window]
-        return torch.from_numpy(np.ascontiguousarray(self.normalizer(x), np.float32)), pos
+        return torch.from_numpy(np.array(self.normalizer(x), np.float32, order="C")), pos
 
 
 def pad_collate(batch: list[tuple[torch.Tensor, object]]) -> tuple[torch.Tensor, torch.Tensor]:
