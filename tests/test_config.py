@@ -58,6 +58,11 @@ def test_opts_override_typed_as_yaml(tree):
     assert resolve_config(cfg)["optimizer"]["lr"] == pytest.approx(1e-4)
 
 
+def test_on_off_settings_accept_yaml_booleans(tree):
+    assert load_config(tree, ["train.progress=off"])["train"]["progress"] == "off"
+    assert load_config(tree, ["train.progress=on"])["train"]["progress"] == "on"
+
+
 def test_lists_replace_and_delete_replaces_dicts():
     base = {"model": {"type": "cnn1d", "widths": [1, 2, 3], "dropout": 0.1}}
     assert merge(base, {"model": {"widths": [9]}})["model"]["widths"] == [9]

@@ -1,0 +1,352 @@
+"""MIT-BIH adapter: AAMI mapping, beat windows at record edges, the Kaggle preset, DS1/DS2 and
+inter-/intra-patient splits, read-once loading, cache, skips, the Kaggle CSV export round trip.
+Fixtures are small records written with wfdb.wrsamp / wfdb.wrann in the PhysioNet layout."""
+import importlib.util
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import wfdb
+
+import ecgnet.data.mitdb as mitdb_module
+from ecgnet.build import resolve_config
+from ecgnet.config import PreprocessCfg, load_config
+from ecgnet.data.dataset import load_signals
+from ecgnet.data.kaggle_csv import KaggleHeartbeatCSV
+from ecgnet.data.mitdb import (AAMI_CLASS_OF, AAMI_CLASSES, DS1, DS2, MITDB, PACED, SKIP_EDGE, SKIP_MISSING,
+                               SKIP_PACED, export_kaggle_csv, kaggle_beat_lengths)
+from ecgnet.data.splits import assert_disjoint, make_splits
+from ecgnet.engine.run import prepare_data
+from ecgnet.registry import ConfigError, DataError
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "data" / "mitdb"
+FS, SECONDS = 360, 24
+N_SAMPLES = FS * SECONDS
+# per record: beat symbols cycle through this list; '+' and '~' are non-beat annotations
+SYMBOLS = ["N", "N", "L", "N", "A", "N", "V", "N", "R", "F", "N", "/", "N", "f", "a", "N", "E", "j", "J", "N",
+           "e", "Q", "S", "N", "N", "N", "V", "A", "N", "N"]
+RECORDS = {"100": ("MLII", "V5"), "103": ("MLII", "V2"), "101": ("MLII", "V1"), "106": ("MLII", "V1"),
+           "108": ("MLII", "V1"), "109": ("MLII", "V1"), "102": ("V5", "V2"), "107": ("MLII", "V1")}
+SPLIT = {"type": "predefined", "val_fraction": 0.25, "test_fraction": 0.2, "train_folds": [1], "val_folds": None,
+         "test_folds": [2], "seed": 0}
+
+
+def beat_samples(name: str) -> np.ndarray:
+    """R peaks every ~0.75 s, the first 30 samples from the start and the last 20 from the end."""
+    rng = np.random.default_rng(int(name))
+    inner = np.cumsum(rng.integers(230, 310, size=40)) + 30
+    inner = inner[inner < N_SAMPLES - 300]
+    return np.concatenate([[30], inner, [N_SAMPLES - 20]]).astype(np.int64)
+
+
+def write_record(folder: Path, name: str, leads=("MLII", "V1")) -> None:
+    rng = np.random.default_rng(int(name) + 1000)
+    t = np.arange(N_SAMPLES)
+    signal = 0.05 * rng.normal(size=(N_SAMPLES, 2)) + 0.2 * np.sin(2 * np.pi * 0.3 * t / FS)[:, None]
+    for r in beat_samples(name):
+        signal[:, 0] += 1.2 * np.exp(-0.5 * ((t - r) / 5) ** 2)
+        signal[:, 1] -= 0.6 * np.exp(-0.5 * ((t - r) / 8) ** 2)
+    wfdb.wrsamp(name, fs=FS, units=["mV", "mV"], sig_name=list(leads), p_signal=signal, fmt=["212", "212"],
+                adc_gain=[200.0, 200.0], baseline=[1024, 1024], write_dir=str(folder))
+    beats = beat_samples(name)
+    symbols = [SYMBOLS[i % len(SYMBOLS)] for i in range(len(beats))]
+    extra = {int(beats[3]) + 40: "+", int(beats[8]) + 40: "~"}          # non-beat annotations
+    samples = np.concatenate([beats, list(extra)])
+    symbols = symbols + list(extra.values())
+    order = np.argsort(samples, kind="stable")
+    wfdb.wrann(name, "atr", samples[order], symbol=[symbols[i] for i in order], write_dir=str(folder))
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("mitdb")
+    for name, leads in RECORDS.items():
+        write_record(folder, name, leads)
+    (folder / "RECORDS").write_text("\n".join(sorted(RECORDS)) + "\n")
+    return folder
+
+
+@pytest.fixture
+def db_copy(db, tmp_path) -> Path:
+    out = tmp_path / "mitdb"
+    out.mkdir()
+    for f in db.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    return out
+
+
+def prep(cache_dir=None, **kw):
+    out = {f: getattr(PreprocessCfg(), f) for f in PreprocessCfg.__dataclass_fields__}
+    return {**out, "cache_dir": None if cache_dir is None else str(cache_dir), **kw}
+
+
+def expected_labels(name: str) -> list[int]:
+    return [AAMI_CLASSES.index(AAMI_CLASS_OF[SYMBOLS[i % len(SYMBOLS)]]) for i in range(len(beat_samples(name)))]
+
+
+def test_ds1_ds2_are_de_chazals_lists():
+    assert DS1 == ("101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122", "124", "201",
+                   "203", "205", "207", "208", "209", "215", "220", "223", "230")
+    assert DS2 == ("100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "210", "212", "213",
+                   "214", "219", "221", "222", "228", "231", "232", "233", "234")
+    assert PACED == ("102", "104", "107", "217")
+    everything = set(DS1) | set(DS2) | set(PACED)
+    assert len(DS1) == len(DS2) == 22 and len(everything) == 48          # disjoint, covering all 48 records
+    assert not set(DS1) & set(DS2) and not (set(DS1) | set(DS2)) & set(PACED)
+
+
+def test_aami_mapping_and_non_beats_ignored(db):
+    records = MITDB(str(db), split_mode="intra").records()
+    assert records.class_names == ["N", "S", "V", "F", "Q"] and records.labels.dtype == np.int64
+    for symbol, cls in {"N": "N", "L": "N", "R": "N", "e": "N", "j": "N", "A": "S", "a": "S", "J": "S",
+                        "S": "S", "V": "V", "E": "V", "F": "F", "/": "Q", "f": "Q", "Q": "Q"}.items():
+        assert AAMI_CLASS_OF[symbol] == cls
+    ids = np.asarray(records.ids)
+    for name in ("100", "101", "107"):
+        mine = np.char.startswith(ids, f"{name}:")
+        assert records.labels[mine].tolist() == expected_labels(name)               # '+' and '~' left out
+        assert [int(i.split(":")[1]) for i in ids[mine]] == beat_samples(name).tolist()
+    assert records.ids[0] == "100:000030" and records.groups == records.ids            # intra: a beat per group
+    assert records.skipped == {"source record without lead MLII": ["102"]}
+    assert records.folds is None and records.leads == ["MLII"]
+
+
+def test_beat_windows_and_both_record_edges(db):
+    adapter = MITDB(str(db), window_s=[0.25, 0.45], split_mode="intra", record_names=["100"])
+    records = adapter.records()
+    assert adapter.record_length_s == pytest.approx(252 / 360)
+    signal = wfdb.rdrecord(str(db / "100"), channel_names=["MLII"]).p_signal[:, 0].astype(np.float32)
+    beats = beat_samples("100")
+    first, middle, last = adapter.load(0), adapter.load(5), adapter.load(len(beats) - 1)
+    assert first.shape == middle.shape == last.shape == (1, 252) and first.dtype == np.float32
+    r = beats[5]
+    assert np.allclose(middle[0], signal[r - 90:r + 162])
+    assert np.all(first[0, :60] == 0) and np.allclose(first[0, 60:], signal[:192])    # R at 30: 60 zeros before
+    tail = N_SAMPLES - beats[-1] + 90                                                 # samples left in the record
+    assert np.allclose(last[0, :tail], signal[-tail:]) and np.all(last[0, tail:] == 0)
+    assert len(records.ids) == len(beats)
+    dropped = MITDB(str(db), edge="drop", split_mode="intra", record_names=["100"]).records()
+    assert dropped.skipped[SKIP_EDGE] == [f"100:{beats[0]:06d}", f"100:{beats[-1]:06d}"]
+    assert len(dropped.ids) == len(beats) - 2
+
+
+def test_resampled_and_filtered_beats(db):
+    adapter = MITDB(str(db), fs=180, bandpass_hz=[0.5, 40], split_mode="intra", record_names=["101"])
+    adapter.records()
+    beat = adapter.load(4)
+    assert beat.shape == (1, 45 + 81) and adapter.records().fs == 180
+    assert abs(float(np.median(beat))) < 0.1            # baseline sine removed by the whole-record filter
+    assert np.argmax(beat[0]) == pytest.approx(45, abs=2)   # the R peak sits `before` samples in
+
+
+def test_kaggle_beat_lengths_follow_median_rr():
+    r = np.array([0, 100, 200, 1300, 1350, 1400, 2600, 4000, 4200])
+    lengths = kaggle_beat_lengths(r, 125.0)
+    # windows of 1250 samples: [0,100,200] T=100; [1300,1350,1400] T=50; [2600] alone -> record median
+    # RR (median of 100,100,1100,50,50,1200,1400,200 = 150 -> 180, capped at 187); [4000,4200] T=200 -> 187
+    assert lengths.tolist() == [120, 120, 120, 60, 60, 60, 180, 187, 187]
+
+
+def test_kaggle_preset_shape_range_and_padding(db):
+    adapter = MITDB(str(db), preset="kaggle", split_mode="intra", record_names=["100", "101"])
+    records = adapter.records()
+    assert records.fs == 125.0 and adapter.record_length_s == pytest.approx(187 / 125)
+    beats = np.stack([adapter.load(i)[0] for i in range(len(records.ids))])
+    assert beats.shape == (len(records.ids), 187) and beats.dtype == np.float32
+    assert beats.min() >= 0 and beats.max() <= 1
+    r125 = np.round(beat_samples("100") * 125 / 360).astype(int)
+    lengths = kaggle_beat_lengths(r125, 125.0)
+    for i in (1, 7):
+        assert beats[i, :lengths[i]].max() == pytest.approx(1) and beats[i, :lengths[i]].min() == pytest.approx(0)
+        assert np.all(beats[i, lengths[i]:] == 0)                                      # zero padded
+    last = len(beat_samples("100")) - 1                                                # 20 samples before the end
+    assert np.count_nonzero(beats[last]) <= 8 and np.all(beats[last, 8:] == 0)
+    with pytest.raises(ConfigError, match="data.window_s"):
+        MITDB(str(db), preset="kaggle", window_s=[0.2, 0.4])
+    with pytest.raises(ConfigError, match="data.fs"):
+        MITDB(str(db), preset="kaggle", fs=360)
+
+
+def test_inter_patient_folds_and_disjoint_splits(db):
+    records = MITDB(str(db), split_mode="inter").records()
+    names = np.array([i.split(":")[0] for i in records.ids])
+    assert set(names) == {"100", "103", "101", "106", "108", "109"}
+    assert records.skipped == {SKIP_PACED: ["102", "107"]}                             # paced, whatever the lead
+    assert records.groups == names.tolist()
+    assert set(names[records.folds == 1]) <= set(DS1) and set(names[records.folds == 2]) <= set(DS2)
+    splits = make_splits(records, SPLIT)
+    train, val = splits["folds"][0]
+    test = splits["test"]
+    assert set(names[test]) == {"100", "103"}
+    assert set(names[train]) | set(names[val]) == {"101", "106", "108", "109"}
+    assert len(set(names[val])) >= 1 and not set(names[train]) & set(names[val])
+    assert_disjoint(records, {"train": train, "val": val, "test": test})
+
+
+def test_intra_patient_split_is_stratified_over_beats(db):
+    records = MITDB(str(db), split_mode="intra").records()
+    cfg = {**SPLIT, "type": "random", "val_fraction": 0.1, "test_fraction": 0.3}
+    splits = make_splits(records, cfg)
+    train, val = splits["folds"][0]
+    test = splits["test"]
+    assert len(train) + len(val) + len(test) == len(records.ids)
+    names = np.array([i.split(":")[0] for i in records.ids])
+    assert set(names[train]) & set(names[test])                 # the paradigm mixes a patient's beats
+    overall = np.bincount(records.labels, minlength=5) / len(records.ids)
+    in_test = np.bincount(records.labels[test], minlength=5) / len(test)
+    assert np.abs(in_test - overall).max() < 0.03
+
+
+def test_each_source_record_is_read_once(db, monkeypatch):
+    reads = Counter()
+    real = wfdb.rdrecord
+
+    def counting(path, *args, **kwargs):
+        reads[Path(path).name] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(mitdb_module.wfdb, "rdrecord", counting)
+    adapter = MITDB(str(db), split_mode="intra")
+    records, signals = load_signals(adapter, prep(), "mitdb")
+    assert len(signals) == len(records.ids) and all(s.shape == (1, 252) for s in signals)
+    assert dict(reads) == {name: 1 for name in RECORDS if name != "102"}
+
+
+def test_cache_hit_and_rebuild(db_copy, tmp_path, monkeypatch):
+    reads = Counter()
+    real = wfdb.rdrecord
+    monkeypatch.setattr(mitdb_module.wfdb, "rdrecord",
+                        lambda path, *a, **k: reads.update([Path(path).name]) or real(path, *a, **k))
+    cache = tmp_path / "cache"
+    first, sig1 = load_signals(MITDB(str(db_copy), split_mode="inter"), prep(cache), "mitdb")
+    assert sum(reads.values()) == 6
+    second, sig2 = load_signals(MITDB(str(db_copy), split_mode="inter"), prep(cache), "mitdb")
+    assert sum(reads.values()) == 6 and second.ids == first.ids                      # served from the cache
+    assert all(np.array_equal(a, b) for a, b in zip(sig1, sig2))
+    load_signals(MITDB(str(db_copy), split_mode="inter", window_s=[0.3, 0.5]), prep(cache), "mitdb")
+    assert sum(reads.values()) == 12                                                  # a setting changed
+    wfdb.wrann("101", "atr", beat_samples("101")[:10], symbol=["V"] * 10, write_dir=str(db_copy))
+    changed, _ = load_signals(MITDB(str(db_copy), split_mode="inter"), prep(cache), "mitdb")
+    assert sum(reads.values()) == 18 and len(changed.ids) < len(first.ids)           # a source file changed
+    assert len(list(cache.iterdir())) == 3
+
+
+def test_corrupt_record_skips_its_beats_counted_and_strict_fails(db_copy, caplog):
+    (db_copy / "103.dat").write_bytes((db_copy / "103.dat").read_bytes()[:1001])      # truncated
+    adapter = MITDB(str(db_copy), split_mode="inter")
+    all_ids = adapter.records().ids
+    with caplog.at_level(logging.WARNING):
+        records, signals = load_signals(adapter, prep(), "mitdb")
+    lost = [i for i in all_ids if i.startswith("103:")]
+    assert len(lost) == len(beat_samples("103"))
+    assert records.skipped["unreadable"] == lost and not any(i.startswith("103:") for i in records.ids)
+    assert len(signals) == len(all_ids) - len(lost)
+    assert "103.dat" in caplog.text and f"skipped {len(lost)} unreadable" in caplog.text
+    with pytest.raises(DataError, match="103.dat"):
+        load_signals(MITDB(str(db_copy), split_mode="inter", strict=True), prep(), "mitdb")
+
+
+def test_missing_folder_files_and_records_list(db_copy, tmp_path):
+    with pytest.raises(DataError, match="experiments/mitdb/setup.sh") as err:
+        MITDB(str(tmp_path / "nowhere")).records()
+    assert "\n" not in str(err.value)
+    (db_copy / "106.atr").unlink()
+    (db_copy / "108.dat").unlink()
+    records = MITDB(str(db_copy), split_mode="inter").records()
+    assert records.skipped[SKIP_MISSING] == ["106", "108"]
+    with pytest.raises(DataError, match="missing"):
+        MITDB(str(db_copy), split_mode="inter", strict=True).records()
+    with pytest.raises(ConfigError, match="data.record_names"):
+        MITDB(str(db_copy), record_names=["999"]).records()
+    (db_copy / "RECORDS").unlink()
+    with pytest.raises(DataError, match="RECORDS"):
+        MITDB(str(db_copy)).records()
+
+
+@pytest.mark.parametrize("cfg_name", ["cnn1d_inter_patient", "cnn1d_kaggle_beats"])
+def test_shipped_configs_prepare_and_split(db, cfg_name):
+    cfg = resolve_config(load_config(REPO / "cfgs" / "mitdb" / f"{cfg_name}.yaml",
+                                     [f"data.root={db}", "preprocess.cache_dir=null",
+                                      "split.val_fraction=0.25"]))
+    data = prepare_data(cfg)
+    splits = make_splits(data.records, cfg["split"])
+    assert data.window == len(data.signals[0][0]) and data.records.num_classes == 5
+    assert min(len(p) for p in (*splits["folds"][0], splits["test"])) > 0
+
+
+def test_export_kaggle_csv_round_trip(db, tmp_path):
+    out = tmp_path / "csv"
+    result = export_kaggle_csv(str(db), str(out), split_mode="inter")
+    assert sorted(p.name for p in out.iterdir()) == ["mitbih_test.csv", "mitbih_test.csv.ids",
+                                                     "mitbih_train.csv", "mitbih_train.csv.ids"]
+    adapter = MITDB(str(db), preset="kaggle", split_mode="inter")
+    source = adapter.records()
+    index = {beat_id: i for i, beat_id in enumerate(source.ids)}
+    reader = KaggleHeartbeatCSV(str(out))
+    rows = reader.records()
+    assert len(rows.ids) == len(source.ids) and rows.class_names == source.class_names
+    for k, name in enumerate(("mitbih_train.csv", "mitbih_test.csv")):
+        ids = result["files"][name]
+        assert (out / f"{name}.ids").read_text().split() == ids
+        assert {i.split(":")[0] for i in ids} <= set(DS1 if k == 0 else DS2)
+        for row, beat_id in enumerate(ids):
+            i = rows.ids.index(f"{name}:{row}")
+            assert rows.folds[i] == k + 1 and rows.labels[i] == source.labels[index[beat_id]]
+            assert np.array_equal(reader.load(i), adapter.load(index[beat_id]))   # exact through %.18e
+
+
+def test_export_tool_intra_is_stratified(db, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("mitdb_to_kaggle_csv", REPO / "tools" / "mitdb_to_kaggle_csv.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--root", str(db), "--out", str(tmp_path / "csv"), "--test-fraction", "0.25"]) == 0
+    printed = capsys.readouterr().out
+    assert "mitbih_train.csv" in printed and "source record without lead MLII" in printed
+    rows = KaggleHeartbeatCSV(str(tmp_path / "csv")).records()
+    train = np.bincount(rows.labels[rows.folds == 1], minlength=5)
+    test = np.bincount(rows.labels[rows.folds == 2], minlength=5)
+    assert test.sum() / (train.sum() + test.sum()) == pytest.approx(0.25, abs=0.01)
+    assert abs(test[0] / test.sum() - train[0] / train.sum()) < 0.03
+    assert tool.main(["--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+
+
+# ---- the real database, when it is present beside the checkout ----
+real = pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} not present")
+
+
+@real
+def test_real_record_100_matches_its_annotations():
+    adapter = MITDB(str(REAL), split_mode="intra", record_names=["100"])
+    records = adapter.records()
+    annotation = wfdb.rdann(str(REAL / "100"), "atr")
+    symbols = Counter(annotation.symbol)
+    assert symbols["N"] == 2239 and symbols["A"] == 33 and symbols["V"] == 1
+    counts = dict(zip(AAMI_CLASSES, np.bincount(records.labels, minlength=5).tolist()))
+    assert counts == {"N": symbols["N"], "S": symbols["A"], "V": symbols["V"], "F": 0, "Q": 0}
+    beat = adapter.load(100)
+    assert beat.shape == (1, 252) and np.isfinite(beat).all()
+
+
+@real
+def test_real_beat_totals_match_the_database_readme():
+    records = MITDB(str(REAL), split_mode="intra").records()       # 102 and 104 have no MLII
+    assert records.skipped == {"source record without lead MLII": ["102", "104"]}
+    counts = np.bincount(records.labels, minlength=5)
+    for name in ("102", "104"):
+        symbols = wfdb.rdann(str(REAL / name), "atr").symbol
+        for s in symbols:
+            if s in AAMI_CLASS_OF:
+                counts[AAMI_CLASSES.index(AAMI_CLASS_OF[s])] += 1
+    # README: N 75,052 L 8,075 R 7,259 V 7,130 / 7,028 A 2,546 f 982 F 803 j 229 a 150 E 106 J 83 Q 33 e 16 S 2
+    assert dict(zip(AAMI_CLASSES, counts.tolist())) == {
+        "N": 75052 + 8075 + 7259 + 16 + 229, "S": 2546 + 150 + 83 + 2, "V": 7130 + 106, "F": 803,
+        "Q": 7028 + 982 + 33}
+    assert counts.sum() == 109494
+    inter = MITDB(str(REAL), split_mode="inter").records()
+    # de Chazal et al. 2004, table I: DS1 N 45,866 S 944 V 3,788 F 415 Q 8; DS2 N 44,259 S 1,837 V 3,221 F 388 Q 7
+    assert np.bincount(inter.labels[inter.folds == 1], minlength=5).tolist() == [45866, 944, 3788, 415, 8]
+    assert np.bincount(inter.labels[inter.folds == 2], minlength=5).tolist() == [44259, 1837, 3221, 388, 7]
+    assert {i.split(":")[0] for i in inter.ids} == set(DS1) | set(DS2)
