@@ -31,13 +31,15 @@ patient one record in each split). Use ``split: {type: predefined, train_folds: 
 [2], test_folds: [3]}``. Because one patient is, by design, on every side of this split, the
 groups are the record ids rather than the patients (the patient-disjointness check of the splits
 then only guards against a record appearing twice); a random or k-fold split of this task would
-not guarantee training records for every patient.
+not guarantee training records for every patient. Folds are assigned from the csv and the files
+on disk; a record that then fails to load (corrupt, or no beat in ``segment: qrs``) is dropped
+afterwards by the framework and logged, so its patient may lose its only training record.
 
 ``segment: qrs`` cuts each record to ``segment_s`` seconds centred on one beat: R peaks are
-detected on lead II with ``wfdb.processing.gqrs_detect`` (xqrs_detect finds T waves as extra beats
-at 100 Hz), the middle detection (lower median of the sorted peaks) is the centre, and the window is
-shifted inwards where it would leave the record. A record without a detected beat raises
-DataError, so it is counted and skipped like an unreadable one.
+detected on lead II with ``wfdb.processing.gqrs_detect`` (``xqrs_detect`` also marked T waves as
+beats on 100 Hz PTB-XL records we tried), the middle detection (lower median of the sorted peaks)
+is the centre, and the window is shifted inwards where it would leave the record. A record
+without a detected beat raises DataError, so it is counted and skipped like an unreadable one.
 
 Files listed in the csv but absent from disk are left out (``skipped["file missing on disk"]``);
 an unreadable .hea/.dat raises DataError from ``load``.
