@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from fractions import Fraction
 from typing import Callable
 
 import numpy as np
@@ -19,7 +18,7 @@ from tqdm import tqdm
 from ..registry import DataError
 from .base import ECGAdapter, RecordSet
 from .cache import cache_dir_for, read_cache, write_cache
-from .transforms import Normalizer, crop_or_pad, preprocess, random_crop, window_starts
+from .transforms import Normalizer, crop_or_pad, preprocess, random_crop, resampled_length, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +62,7 @@ class LazySignals(Sequence):
         return preprocess(self.adapter.load(int(i)), self.fs_in, self.cfg)
 
     def length(self, i: int) -> int:
-        n = self.adapter.num_samples(int(i))
-        if self.fs_out == self.fs_in:
-            return n
-        ratio = Fraction(self.fs_out / self.fs_in).limit_denominator(1000)
-        return -(-n * ratio.numerator // ratio.denominator)   # resample_poly's output length
+        return resampled_length(self.adapter.num_samples(int(i)), self.fs_in, self.fs_out)
 
 
 def record_length(signals: Sequence[np.ndarray], i: int) -> int:

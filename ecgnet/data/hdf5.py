@@ -70,7 +70,6 @@ import time
 import typing
 import warnings
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -80,7 +79,7 @@ import numpy as np
 from ..registry import DATASETS, ConfigError, DataError, check_type, hint
 from .base import ECGAdapter, RecordSet
 from .cache import file_fingerprint
-from .transforms import crop_or_pad, resample
+from .transforms import crop_or_pad, resample, resampled_length
 
 log = logging.getLogger(__name__)
 
@@ -515,11 +514,7 @@ class HDF5Dataset(ECGAdapter):
             same = float(self.layout.record_fs[r]) == self.fs
             return self._source_window(r) if same else int(round(self.window_s * self.fs))
         r = int(self._rec[index])
-        n, fs_r = int(self.layout.lengths[r]), float(self.layout.record_fs[r])
-        if fs_r == self.fs:
-            return n
-        ratio = Fraction(self.fs / fs_r).limit_denominator(1000)
-        return -(-n * ratio.numerator // ratio.denominator)   # resample_poly's output length
+        return resampled_length(int(self.layout.lengths[r]), float(self.layout.record_fs[r]), self.fs)
 
     def cache_key(self) -> str:
         return json.dumps({"file": file_fingerprint([self.path]), "windowing": self.windowing,

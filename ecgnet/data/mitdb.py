@@ -46,9 +46,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-from fractions import Fraction
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -58,7 +56,7 @@ import wfdb
 from ..registry import DATASETS, ConfigError, DataError
 from .base import ECGAdapter, RecordSet
 from .cache import file_fingerprint
-from .transforms import bandpass, resample
+from .transforms import bandpass, resample, resampled_length
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +109,6 @@ def minmax01(x: np.ndarray) -> np.ndarray:
     """Scale to [0, 1]; a flat segment becomes zeros."""
     low, high = float(x.min()), float(x.max())
     return ((x - low) / (high - low) if high > low else np.zeros_like(x)).astype(np.float32)
-
-
-def resampled_length(n: int, fs_in: float, fs_out: float) -> int:
-    """Length of ``transforms.resample`` output (resample_poly: ceil(n * up / down))."""
-    if fs_in == fs_out:
-        return n
-    ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
-    return math.ceil(n * ratio.numerator / ratio.denominator)
 
 
 @DATASETS.register("mitdb")

@@ -3,7 +3,7 @@ and the registered training augmentations."""
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import signal as sps
@@ -11,12 +11,25 @@ from scipy import signal as sps
 from ..registry import AUGMENTATIONS, ConfigError
 
 
+def _ratio(fs_in: float, fs_out: float) -> Fraction:
+    return Fraction(fs_out / fs_in).limit_denominator(1000)
+
+
 def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
-    """Polyphase resampling along time; (leads, samples) -> (leads, samples * fs_out / fs_in)."""
+    """Polyphase resampling along time; (leads, samples) -> (leads, resampled_length(samples))."""
     if fs_in == fs_out:
         return x
-    ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
+    ratio = _ratio(fs_in, fs_out)
     return sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
+
+
+def resampled_length(n: int, fs_in: float, fs_out: float) -> int:
+    """Samples ``resample`` returns for ``n`` input samples (resample_poly: ceil(n * up / down)),
+    known without resampling."""
+    if fs_in == fs_out:
+        return n
+    ratio = _ratio(fs_in, fs_out)
+    return -(-n * ratio.numerator // ratio.denominator)
 
 
 def bandpass(x: np.ndarray, fs: float, low_hz: float, high_hz: float, order: int = 3) -> np.ndarray:

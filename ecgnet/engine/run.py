@@ -7,7 +7,6 @@ in ``fold{k}/`` for k-fold.
 """
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import shutil
