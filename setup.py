@@ -18,5 +18,6 @@ setup(
     entry_points={"console_scripts": [
         "ecgnet-train=ecgnet.cli:train_main",
         "ecgnet-evaluate=ecgnet.cli:evaluate_main",
+        "ecgnet-compare=ecgnet.cli:compare_main",
     ]},
 )

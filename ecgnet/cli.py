@@ -74,3 +74,24 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         from .engine.evaluate import evaluate
         evaluate(args.ckpt, args.split, args.out, args.config)
     return guarded(run)
+
+
+def compare_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Compare evaluated runs: one table per dataset with the chosen "
+                                                 "metrics, their 95 % CIs and the config keys that differ.")
+    parser.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run directories written by tools/train.py")
+    parser.add_argument("--runs-file", metavar="FILE", help="more run directories, one a line ('#' comments)")
+    parser.add_argument("--metric", nargs="+", action="extend", metavar="SPLIT/KEY",
+                        help="e.g. test/accuracy val/macro_f1 (default: test/macro_auroc test/macro_f1 and the "
+                             "dataset's own scores); rows are sorted by the first")
+    parser.add_argument("--md", metavar="OUT.md", help="also write the tables, references and commands as Markdown")
+    parser.add_argument("--references", metavar="FILE",
+                        help="published numbers to show beside the runs (default experiments/references.yaml)")
+    args = parser.parse_args(argv)
+    _setup_logging(False)
+
+    def run():
+        from .compare import REFERENCES, compare, fmt_command
+        command = fmt_command(sys.argv if argv is None else ["tools/compare_runs.py", *argv])
+        compare(args.runs, args.metric, args.md, args.runs_file, args.references or REFERENCES, command)
+    return guarded(run)

@@ -92,6 +92,10 @@ class KFoldCfg:
 class EvalCfg:
     split: Literal["test", "val"] = "test"
     plots: bool = True
+    # how a record's windows (and an evaluation unit's records) become one prediction, in validation
+    # and evaluation alike; the PTB-XL benchmark takes the max
+    aggregate: Literal["mean", "max"] = "mean"
+    bootstrap: int = 1000                      # resamples for the 95 % CIs in evaluate; 0 turns them off
 
 
 PLAIN_SECTIONS: dict[str, type] = {

@@ -1,4 +1,4 @@
-"""Files people read: metrics.json, per_class.csv, a text table, ROC and confusion PNGs."""
+"""Files people read: metrics.json, per_class.csv, text tables, ROC, precision-recall and confusion PNGs."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from .metrics import summary  # noqa: E402
 
@@ -23,47 +23,104 @@ def write_json(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+PER_CLASS_COLUMNS = ("class", "support", "precision", "recall", "specificity", "f1", "f1_ci", "auroc", "auroc_ci",
+                     "auprc", "auprc_ci")
+
+
 def write_per_class_csv(metrics: dict, path: Path) -> None:
+    """One row per class; a CI becomes two columns (``*_ci_low``, ``*_ci_high``)."""
+    columns = [c for c in PER_CLASS_COLUMNS if c in metrics["per_class"][0]]
+    header = [h for c in columns for h in ((f"{c}_low", f"{c}_high") if c.endswith("_ci") else (c,))]
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "auroc", "support"])
-        writer.writeheader()
-        writer.writerows(metrics["per_class"])
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for row in metrics["per_class"]:
+            cells = []
+            for c in columns:
+                if c.endswith("_ci"):
+                    cells += list(row[c]) if row[c] else ["", ""]
+                else:
+                    cells.append("" if row[c] is None else row[c])
+            writer.writerow(cells)
 
 
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _with_ci(v, interval) -> str:
+    """``0.9123 [0.901, 0.925]``; the value alone without an interval."""
+    if v is None or not interval:
+        return _fmt(v)
+    return f"{v:.4f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
 def summary_table(results: dict[str, dict]) -> str:
-    """Models side by side (columns), summary metrics as rows."""
+    """Models side by side (columns), summary metrics as rows, each with its 95 % CI when present."""
     names = list(results)
     keys = list(dict.fromkeys(k for n in names for k in summary(results[n])))
-    width = max(12, *(len(n) + 2 for n in names))
+    cells = {(k, n): _with_ci(results[n].get(k), results[n].get("ci", {}).get(k)) for k in keys for n in names}
+    width = max(12, *(len(n) + 2 for n in names), *(len(c) + 2 for c in cells.values()))
     lines = ["metric".ljust(14) + "".join(n.rjust(width) for n in names)]
     for k in keys:
-        lines.append(k.ljust(14) + "".join(_fmt(results[n].get(k)).rjust(width) for n in names))
+        lines.append(k.ljust(14) + "".join(cells[k, n].rjust(width) for n in names))
+    undefined = {k: results[names[0]].get(k) for k in ("f1_undefined", "auroc_undefined")}
+    for key, classes in undefined.items():
+        if classes:
+            lines.append(f"left out of macro {key.split('_')[0].upper()} (undefined in this split): {', '.join(classes)}")
     return "\n".join(lines)
 
 
 def per_class_table(metrics: dict) -> str:
-    cols = ["precision", "recall", "f1", "auroc", "support"]
-    width = max(8, *(len(r["class"]) + 1 for r in metrics["per_class"]))
-    lines = ["class".ljust(width) + "".join(c.rjust(11) for c in cols)]
-    for row in metrics["per_class"]:
-        lines.append(row["class"].ljust(width) + "".join(_fmt(row[c]).rjust(11) for c in cols))
+    """Se (recall), +P (precision), Sp (specificity), F1, AUROC, AUPRC per class; F1 and AUROC with CIs."""
+    cols = [("recall", "Se"), ("precision", "+P"), ("specificity", "Sp"), ("f1", "F1"), ("auroc", "AUROC"),
+            ("auprc", "AUPRC"), ("support", "n")]
+    rows = metrics["per_class"]
+    cells = [[_with_ci(r[c], r.get(f"{c}_ci")) if c in ("f1", "auroc") else _fmt(r[c]) for c, _ in cols]
+             for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) + 2 for i, (_, h) in enumerate(cols)]
+    first = max(8, *(len(r["class"]) + 1 for r in rows))
+    lines = ["class".ljust(first) + "".join(h.rjust(w) for (_, h), w in zip(cols, widths))]
+    for r, row in zip(rows, cells):
+        lines.append(r["class"].ljust(first) + "".join(c.rjust(w) for c, w in zip(row, widths)))
     return "\n".join(lines)
 
 
-def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 5.5))
-    for c, name in enumerate(class_names):
-        if y_true[:, c].min() == y_true[:, c].max():
-            continue   # ROC is undefined for a class without both outcomes
+def _curve_label(metrics: dict, c: int, key: str) -> str:
+    row = metrics["per_class"][c]
+    interval = row.get(f"{key}_ci")
+    text = f"{row['class']} {key.upper()} {row[key]:.3f}"
+    return text + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def plot_roc(y_true: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, title: str) -> None:
+    """One ROC curve per class (classes without both outcomes have none), AUROC and CI in the legend."""
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    for c in range(y_true.shape[1]):
+        if metrics["per_class"][c]["auroc"] is None:
+            continue
         fpr, tpr, _ = roc_curve(y_true[:, c], probs[:, c])
-        ax.plot(fpr, tpr, label=name)
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
+        ax.plot(fpr, tpr, label=_curve_label(metrics, c, "auroc"))
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
+           title=f"ROC: {title}", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_pr(y_true: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, title: str) -> None:
+    """One precision-recall curve per class with positives, AUPRC (average precision) and CI in the legend."""
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    for c in range(y_true.shape[1]):
+        if metrics["per_class"][c]["auprc"] is None:
+            continue
+        precision, recall, _ = precision_recall_curve(y_true[:, c], probs[:, c])
+        ax.step(recall, precision, where="post", label=_curve_label(metrics, c, "auprc"))
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (+P)", title=f"precision-recall: {title}",
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -81,6 +138,8 @@ def plot_confusion(metrics: dict, class_names: Sequence[str], multilabel: bool, 
             ax = axes.flat[c]
             _draw_matrix(ax, cm[c], ["neg", "pos"])
             ax.set_title(name, fontsize=9)
+            ax.set_xlabel("predicted", fontsize=8)
+            ax.set_ylabel("true", fontsize=8)
     else:
         n = len(class_names)
         fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n, 0.8 + 0.7 * n))
@@ -107,5 +166,6 @@ def write_model_report(out_dir: Path, name: str, metrics: dict, y_true: np.ndarr
     write_json(metrics, out_dir / "metrics.json")
     write_per_class_csv(metrics, out_dir / "per_class.csv")
     if plots:
-        plot_roc(y_true, probs, class_names, out_dir / "roc.png", f"ROC: {name}")
+        plot_roc(y_true, probs, metrics, out_dir / "roc.png", name)
+        plot_pr(y_true, probs, metrics, out_dir / "pr.png", name)
         plot_confusion(metrics, class_names, multilabel, out_dir / "confusion.png", f"confusion: {name}")

@@ -228,7 +228,7 @@ def test_crop_pad_and_window_average_end_to_end(dataset):
     probs, _ = predict(StubModel(), windows, multilabel=False, device=torch.device("cpu"), dtype=None, batch_size=4)
     expected = []
     for s, st in zip(signals, starts):
-        batch = torch.from_numpy(np.stack([normalizer(crop_or_pad(s, window, a)) for a in st]))
+        batch = torch.from_numpy(np.stack([crop_or_pad(normalizer(s[:, a:a + window]), window) for a in st]))  # pad after normalising
         expected.append(torch.softmax(StubModel()(batch), 1).mean(0).numpy())
     np.testing.assert_allclose(probs, np.stack(expected), rtol=1e-5, atol=1e-6)
     assert probs.shape == (len(records.ids), 4)

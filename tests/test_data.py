@@ -176,5 +176,7 @@ def test_pad_collate_and_unpadded_eval_windows():
     ds = EvalWindows(signals, np.arange(3), 60, 60, Normalizer("none"), pad=False)
     items = [ds[i] for i in range(len(ds))]
     assert [x.shape[1] for x, _ in items] == [30, 50, 60, 60]      # by length; the long record gives 2 windows
-    x, pos = pad_collate(items)
+    x, pos, lengths = pad_collate(items)
     assert x.shape == (4, 2, 60) and x[0, :, 30:].abs().sum() == 0 and pos.tolist() == [0, 2, 1, 1]
+    assert lengths.tolist() == [30, 50, 60, 60]
+    assert pad_collate(items[2:])[2] is None                 # nothing padded: no lengths to mask with

@@ -87,6 +87,17 @@ def test_majority_vote_even_tie_uses_mean_probability():
     assert majority_vote(decisions, probs, True).tolist() == [[1, 0]]
 
 
+def test_majority_vote_tie_is_broken_against_the_folds_mean_tuned_threshold():
+    # class 0: mean p 0.35 >= mean threshold 0.3 -> positive (against 0.5 it was negative);
+    # class 1: mean p 0.6 < mean threshold 0.7 -> negative (against 0.5 it was positive)
+    decisions = [np.array([[1, 1]]), np.array([[0, 0]])]
+    probs = [np.array([[0.45, 0.8]]), np.array([[0.25, 0.4]])]
+    thresholds = [[0.2, 0.6], [0.4, 0.8]]
+    assert majority_vote(decisions, probs, True, thresholds).tolist() == [[1, 0]]
+    # the same rule as the mean-probability ensemble on a tie
+    assert mean_probability(probs, thresholds, True)[1].tolist() == [[1, 0]]
+
+
 def test_majority_vote_single_label():
     d = lambda c: np.eye(3, dtype=int)[[c]]
     p = lambda c: np.eye(3)[[c]] * 0.8 + 0.2 / 3

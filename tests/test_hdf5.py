@@ -201,6 +201,8 @@ def test_windowing_ids_labels_and_groups(tmp_path):
     assert rec.skipped == {hdf5.REASON_SHORT: ["c"]}
     assert rec.groups == ["p", "p", "q", "p", "p", "p"]
     assert rec.labels.tolist() == [[1, 0], [1, 0], [0, 1], [0, 0], [0, 0], [0, 0]]
+    assert rec.units == ["p", "p", "q", "p", "p", "p"]                  # evaluation regroups them per patient
+    assert adapter(path, window_s=10, eval_unit="record").records().units == ["a", "a", "b", "d", "d", "d"]
     assert a.record_length_s == 10
     assert np.array_equal(a.load(1), signals[0][5000:10000].T)
     assert np.array_equal(a.load(5), signals[3][10000:15000].T)
@@ -432,7 +434,10 @@ def test_pediatric_focal_cfg_trains_and_evaluates_from_a_packed_file(tmp_path):
     assert all(rid.split("#w")[1] in ("0", "1") for rid in splits["test"])     # two 10 s windows per record
     metrics = evaluate(run)
     assert [row["class"] for row in metrics["model"]["per_class"]] == PEDIATRIC
-    assert (run / "eval/test/metrics.json").is_file() and metrics["model"]["n"] == len(splits["test"])
+    # scored per patient: the windows of a patient's records are one prediction, not one each
+    patients = {rid.split("#w")[0] for rid in splits["test"]}
+    patients = {source.records().groups[source.records().ids.index(rid)] for rid in patients}
+    assert (run / "eval/test/metrics.json").is_file() and metrics["model"]["n"] == len(patients)
 
 
 @pytest.mark.skipif("se_attention1d" not in MODELS, reason="backbone not registered")

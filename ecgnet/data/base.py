@@ -27,6 +27,10 @@ class RecordSet:
     leads: list[str]
     folds: Optional[np.ndarray] = None   # predefined fold per record (e.g. PTB-XL strat_fold)
     skipped: dict = field(default_factory=dict)   # reason -> [record ids] left out while reading
+    #: what evaluation scores one prediction per, when a record is a piece of something larger
+    #: (HDF5 windows of one recording or patient): records with the same unit are combined by
+    #: ``eval.aggregate`` before any metric. None: every record is its own unit.
+    units: Optional[list[str]] = None
 
     def __post_init__(self):
         n = len(self.ids)
@@ -35,6 +39,8 @@ class RecordSet:
         if len(self.groups) != n or len(self.labels) != n or (self.folds is not None and len(self.folds) != n):
             raise DataError(f"record set is inconsistent: {n} ids, {len(self.groups)} groups, "
                             f"{len(self.labels)} labels")
+        if self.units is not None and len(self.units) != n:
+            raise DataError(f"record set is inconsistent: {n} ids, {len(self.units)} evaluation units")
         if len(set(self.ids)) != n:
             raise DataError("record ids are not unique")
         if self.labels.ndim == 2 and self.labels.shape[1] != len(self.class_names):
@@ -70,7 +76,8 @@ class RecordSet:
                 skipped.setdefault(reason, []).extend(self.ids[i] for i in dropped)
         return RecordSet(ids=[self.ids[i] for i in keep], groups=[self.groups[i] for i in keep],
                          labels=self.labels[keep], class_names=self.class_names, fs=self.fs, leads=self.leads,
-                         folds=None if self.folds is None else self.folds[keep], skipped=skipped)
+                         folds=None if self.folds is None else self.folds[keep], skipped=skipped,
+                         units=None if self.units is None else [self.units[i] for i in keep])
 
 
 class ECGAdapter:

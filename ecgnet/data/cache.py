@@ -3,14 +3,16 @@
 A cache entry is a directory ``<cache_dir>/<dataset>-<key>/`` holding
 ``signals.f32`` (raw float32, (total samples, leads), records concatenated along time),
 ``meta.json`` (leads, total), ``offsets.npy`` ((N+1,) int64), ``ids.json`` and
-``failed.json`` (records that could not be read, with the reason). The key hashes the adapter's ``cache_key()`` (source file
-names, sizes, mtimes and reading settings), the preprocessing settings and
-``CACHE_VERSION``, so a changed source or setting builds a new entry. An entry is
+``failed.json`` (records that could not be read, with the reason). The key hashes the adapter's
+``cache_key()`` (source file names, sizes, mtimes and reading settings), the preprocessing
+settings, ``CACHE_VERSION``, the ecgnet version and a fingerprint of the code that produced the
+signals, so a changed source, setting or preprocessing code builds a new entry. An entry is
 written to a temporary directory and renamed into place, so readers never see half of one.
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
+
+from .. import __version__
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,32 @@ def file_fingerprint(paths: Iterable[Path]) -> list:
     return out
 
 
-def cache_dir_for(root: str, dataset: str, adapter_key: str, preprocess: dict) -> Path:
-    text = json.dumps({"v": CACHE_VERSION, "adapter": adapter_key,
+#: the modules every cached signal passes through, besides the adapter's own module
+PREPROCESSING_CODE = ("transforms.py", "dataset.py", "cache.py")
+
+
+def code_fingerprint(adapter: object) -> str:
+    """sha256 of the source files that turn the adapter's files into cached signals: the adapter's
+    module (and those of its base classes within ecgnet) and ``PREPROCESSING_CODE``. An edit to
+    any of them, or a new ecgnet version, builds a new cache entry instead of serving old signals."""
+    here = Path(__file__).parent
+    files = {here / name for name in PREPROCESSING_CODE}
+    for cls in type(adapter).__mro__[:-1]:          # all but ``object``
+        try:
+            source = inspect.getsourcefile(cls)
+        except TypeError:                             # defined without a source file
+            source = None
+        if source:
+            files.add(Path(source))
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_dir_for(root: str, dataset: str, adapter_key: str, preprocess: dict, code: str = "") -> Path:
+    """The entry for these sources (``adapter_key``), preprocessing settings and code (``code_fingerprint``)."""
+    text = json.dumps({"v": CACHE_VERSION, "ecgnet": __version__, "code": code, "adapter": adapter_key,
                        "preprocess": {k: preprocess[k] for k in ("fs", "bandpass_hz", "filter_order")}},
                       sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..registry import DataError
 from .base import ECGAdapter, RecordSet
-from .cache import cache_dir_for, read_cache, write_cache
+from .cache import cache_dir_for, code_fingerprint, read_cache, write_cache
 from .transforms import Normalizer, crop_or_pad, preprocess, random_crop, resampled_length, window_starts
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,8 @@ def load_signals(adapter: ECGAdapter, cfg: dict, dataset: str = "data",
     if adapter.lazy:                 # the adapter checked its records when it listed them
         return records, LazySignals(adapter, cfg)
     key = adapter.cache_key()
-    path = cache_dir_for(cfg["cache_dir"], dataset, key, cfg) if cfg.get("cache_dir") and key else None
+    path = cache_dir_for(cfg["cache_dir"], dataset, key, cfg, code_fingerprint(adapter)) \
+        if cfg.get("cache_dir") and key else None
     cached = read_cache(path) if path else None
     if cached is not None and cached[0] != list(records.ids):
         log.warning("cache %s lists other records than the dataset; rebuilding it", path)
@@ -141,13 +142,17 @@ class TrainWindows(torch.utils.data.Dataset):
         record = self.index[position % n]
         rng = np.random.default_rng([self.seed, self.epoch, position])
         signal = self.signals[record]
-        if self.pad or signal.shape[1] > self.window:
+        if signal.shape[1] > self.window:
             signal = random_crop(signal, self.window, rng)
+        # Normalise and augment the real samples only, then pad with zeros: padding normalised
+        # with the record would turn into -mean/std per lead (and bias per-record statistics).
         x = self.normalizer(signal)
         if position >= n and self.duplicate_noise_std > 0:
             x = x + rng.normal(0, self.duplicate_noise_std, x.shape).astype(np.float32)
         for aug in self.augment:
             x = aug(x, rng)
+        if self.pad:
+            x = crop_or_pad(x, self.window)
         return torch.from_numpy(np.array(x, np.float32, order="C")), torch.as_tensor(self.targets[record])
 
 
@@ -173,17 +178,30 @@ class EvalWindows(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         pos, start = self.items[i]
         signal = self.signals[self.index[pos]]
-        x = crop_or_pad(signal, self.window, start) if self.pad else signal[:, start:start + self.window]
-        return torch.from_numpy(np.array(self.normalizer(x), np.float32, order="C")), pos
+        x = self.normalizer(signal[:, start:start + self.window])   # real samples first, then zero padding
+        if self.pad:
+            x = crop_or_pad(x, self.window)
+        return torch.from_numpy(np.array(x, np.float32, order="C")), pos
 
 
-def pad_collate(batch: list[tuple[torch.Tensor, object]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (signal, target) pairs of different lengths, zero-padding at the end to the longest."""
-    longest = max(x.shape[1] for x, _ in batch)
+def pad_collate(batch: list[tuple[torch.Tensor, object]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Stack (signal, target) pairs of different lengths, zero-padding at the end to the longest.
+
+    -> (signals, targets, lengths): ``lengths`` (batch,) int64 are the real samples per row, which
+    the model uses to pool over real samples only; None when every row is real (no masking needed).
+    """
+    lengths = torch.tensor([x.shape[1] for x, _ in batch], dtype=torch.int64)
+    longest = int(lengths.max())
     signals = torch.zeros(len(batch), batch[0][0].shape[0], longest)
     for i, (x, _) in enumerate(batch):
         signals[i, :, :x.shape[1]] = x
-    return signals, torch.utils.data.default_collate([y for _, y in batch])
+    targets = torch.utils.data.default_collate([y for _, y in batch])
+    return signals, targets, None if bool((lengths == longest).all()) else lengths
+
+
+def unpack_batch(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(signals, targets[, lengths]) from either collate function -> (signals, targets, lengths or None)."""
+    return (batch[0], batch[1], batch[2]) if len(batch) == 3 else (batch[0], batch[1], None)
 
 
 class BucketBatchSampler(torch.utils.data.Sampler):

@@ -351,6 +351,10 @@ class HDF5Dataset(ECGAdapter):
             ``amplitude_mv``, ``max_amplitude_fraction``, ``hf_cutoff_hz``, ``max_hf_ratio``).
         qc_cache: folder for the cached QC result; null recomputes it every time.
         strict: a record failing QC is an error instead of a counted skip.
+        eval_unit: what evaluation scores one prediction for: ``patient`` (records and windows of
+            one ``/patient_id`` combined by ``eval.aggregate``; labels are their union; without
+            patient ids, or when one patient's single-label records disagree, per record) or
+            ``record`` (a record's windows combined). Metrics are never per window.
     """
 
     lazy = True
@@ -358,7 +362,7 @@ class HDF5Dataset(ECGAdapter):
     def __init__(self, root: str, windowing: Literal["windows", "full"] = "windows", window_s: float = 10.0,
                  fs: Optional[float] = None, fs_policy: Literal["resample", "reject"] = "resample",
                  qc: Optional[dict] = None, qc_cache: Optional[str] = "~/.cache/ecgnet/hdf5-qc",
-                 strict: bool = False):
+                 strict: bool = False, eval_unit: Literal["patient", "record"] = "patient"):
         if window_s <= 0:
             raise ConfigError(f"data.window_s: must be > 0, got {window_s}")
         if fs is not None and fs <= 0:
@@ -368,7 +372,7 @@ class HDF5Dataset(ECGAdapter):
         if not self.path.is_file():
             raise DataError(f"{root}: HDF5 file not found; {PACK_HINT}")
         self.windowing, self.window_s, self.fs_policy, self.strict = windowing, window_s, fs_policy, strict
-        self.qc_cache = qc_cache
+        self.qc_cache, self.eval_unit = qc_cache, eval_unit
         self._fs = fs
         self.record_length_s = window_s if windowing == "windows" else None
         self._records: Optional[RecordSet] = None
@@ -432,7 +436,25 @@ class HDF5Dataset(ECGAdapter):
                  f"; {len(ids)} windows of {self.window_s:g} s" if self.windowing == "windows" else "")
         return RecordSet(ids=ids, groups=[groups[r] for r in rec], labels=layout.labels[rec],
                          class_names=layout.class_names, fs=self.fs, leads=layout.leads,
-                         folds=None if layout.folds is None else layout.folds[rec], skipped=skipped)
+                         folds=None if layout.folds is None else layout.folds[rec], skipped=skipped,
+                         units=self._units(layout, rec))
+
+    def _units(self, layout: Layout, rec: np.ndarray) -> Optional[list[str]]:
+        """Evaluation unit of each served item (see ``eval_unit``); None when every item is one."""
+        units = [layout.ids[r] for r in rec]
+        if self.eval_unit == "patient" and layout.patient_ids is not None:
+            patients = [layout.patient_ids[r] for r in rec]
+            single_label = layout.labels.ndim == 1
+            labels_of: dict[str, set] = {}
+            for p, r in zip(patients, rec):
+                labels_of.setdefault(p, set()).add(int(layout.labels[r]) if single_label else 0)
+            mixed = [p for p, labels in labels_of.items() if len(labels) > 1]
+            if mixed:
+                log.warning("%s: %d patient(s) have records with different classes (e.g. %s); scoring per "
+                            "record instead of per patient", self.path, len(mixed), mixed[0])
+            else:
+                units = patients
+        return None if len(set(units)) == len(units) else units
 
     def _source_window(self, r: int) -> int:
         """Window length in samples at record r's own rate."""

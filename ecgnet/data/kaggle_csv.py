@@ -26,6 +26,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..metrics import aami_metrics, is_aami
 from ..registry import DATASETS, ConfigError, DataError
 from .base import ECGAdapter, RecordSet
 from .cache import file_fingerprint
@@ -134,3 +135,8 @@ class KaggleHeartbeatCSV(ECGAdapter):
     def cache_key(self) -> str:
         settings = {"flavour": self.flavour, "files": self.files, "class_names": self.class_names, "version": 1}
         return json.dumps({"files": file_fingerprint(self._paths()), "settings": settings}, sort_keys=True)
+
+    def dataset_metrics(self, y_true: np.ndarray, probs: np.ndarray, decisions: np.ndarray) -> dict:
+        """SVEB/VEB sensitivity, +P and FPR as inter-patient papers report them (AAMI classes only)."""
+        names = self.records().class_names
+        return aami_metrics(y_true, decisions, names) if is_aami(names, False) else {}

@@ -53,6 +53,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import wfdb
 
+from ..metrics import aami_metrics, is_aami
 from ..registry import DATASETS, ConfigError, DataError
 from .base import ECGAdapter, RecordSet
 from .cache import file_fingerprint
@@ -316,6 +317,11 @@ class MITDB(ECGAdapter):
                     "edge": self.edge, "bandpass_hz": self.bandpass_hz, "filter_order": self.filter_order,
                     "split_mode": self.split_mode, "record_names": self.record_names, "version": 1}
         return json.dumps({"files": file_fingerprint(sorted(set(files))), "settings": settings}, sort_keys=True)
+
+    def dataset_metrics(self, y_true: np.ndarray, probs: np.ndarray, decisions: np.ndarray) -> dict:
+        """SVEB/VEB sensitivity, +P and FPR as inter-patient papers report them (AAMI classes only)."""
+        names = self.records().class_names
+        return aami_metrics(y_true, decisions, names) if is_aami(names, False) else {}
 
 
 def export_kaggle_csv(root: str, out_dir: str, split_mode: Literal["intra", "inter"] = "intra",

@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
+from ..bootstrap import bootstrap_cis
 from ..build import build, resolve_config
 from ..config import load_config
+from ..data.base import RecordSet
 from ..data.dataset import EvalWindows
 from ..data.transforms import Normalizer
 from ..ensemble import majority_vote, mean_probability
-from ..metrics import classification_metrics
-from ..registry import DataError
+from ..metrics import aami_table, classification_metrics, is_aami
+from ..registry import ConfigError, DataError
 from ..reports import per_class_table, summary_table, write_json, write_model_report
 from ..thresholds import decide
 from .checkpoint import load_checkpoint
-from .predict import amp_dtype, predict, resolve_device
+from .predict import amp_dtype, predict, resolve_device, to_units
 from .run import prepare_data
 
 log = logging.getLogger(__name__)
@@ -49,10 +53,33 @@ def _split_index(ids_in_data: list[str], wanted: list[str], source: Path, split:
     return np.array([position[rid] for rid in wanted], dtype=np.int64)
 
 
+def score(y: np.ndarray, probs: np.ndarray, decisions: np.ndarray, groups: np.ndarray, records: RecordSet,
+          adapter, resamples: int, seed: int) -> dict:
+    """Point estimates (scikit-learn), the dataset's own scores and, with ``resamples`` > 0,
+    percentile bootstrap 95 % CIs resampling patients (``groups``)."""
+    metrics = classification_metrics(y, probs, decisions, records.class_names, records.multilabel)
+    metrics.update(adapter.dataset_metrics(y, probs, decisions))
+    ci = bootstrap_cis(y, probs, decisions, records.multilabel, groups=groups, resamples=resamples, seed=seed,
+                       extra=adapter.dataset_metrics)
+    if ci is not None:
+        metrics["ci"] = ci.pop("ci")
+        for key, intervals in ci.pop("per_class").items():
+            for row, interval in zip(metrics["per_class"], intervals):
+                row[f"{key}_ci"] = interval
+        metrics["bootstrap"] = ci
+    return metrics
+
+
 def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None = None,
              config: str | Path | None = None) -> dict:
-    """``split`` defaults to the config's ``eval.split`` (test). Writes ``<out>/metrics.json`` (all models side by side), a sub-folder per model with
-    metrics.json, per_class.csv, roc.png, confusion.png, and prints the tables. Returns the metrics."""
+    """``split`` defaults to the config's ``eval.split`` (test). Writes ``<out>/metrics.json`` (all
+    models side by side), ``eval_info.json`` (command, wall time, settings), ``summary.txt``, and a
+    sub-folder per model with metrics.json, per_class.csv, roc.png, confusion.png; prints the tables.
+
+    Windows are combined per record, and records per evaluation unit (``RecordSet.units``), by
+    ``eval.aggregate``; CIs come from ``eval.bootstrap`` resamples of patients, the same resamples
+    for every model so their intervals are comparable. Returns the metrics."""
+    started = time.time()
     run_dir, paths = find_checkpoints(ckpt)
     states = [load_checkpoint(p) for p in paths]
     for p, s in zip(paths, states):
@@ -61,6 +88,10 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
                             f"finish it with tools/train.py --resume {run_dir}")
     cfg = resolve_config(load_config(config)) if config else states[0]["config"]
     split = split or cfg["eval"]["split"]
+    aggregate = cfg["eval"].get("aggregate", "mean")      # checkpoints from before these settings existed
+    resamples = cfg["eval"].get("bootstrap", 1000)
+    if not isinstance(resamples, int) or resamples < 0:
+        raise ConfigError(f"eval.bootstrap: must be a whole number >= 0 (0 turns CIs off), got {resamples!r}")
     data = prepare_data(cfg)
     records = data.records
     if list(records.class_names) != states[0]["class_names"]:
@@ -70,7 +101,12 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
     dtype = amp_dtype(cfg["train"]["amp"], device)
     out_dir = Path(out) if out else run_dir / "eval" / split
     names = [p.parent.name if len(paths) > 1 else "model" for p in paths]
-    y_by_model, results, probs_all, decisions_all = {}, {}, [], []
+    curves, results, probs_all, decisions_all = {}, {}, [], []
+
+    def add(name, y, probs, decisions, groups):
+        results[name] = score(y, probs, decisions, groups, records, data.adapter, resamples, cfg["seed"])
+        curves[name] = (y, probs)
+
     for name, path, state in zip(names, paths, states):
         index = _split_index(records.ids, state["split"][split], path, split)
         model = build("model", state["config"], in_leads=len(state["leads"]), num_classes=len(state["class_names"]))
@@ -78,33 +114,41 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
         model.to(device)
         windows = EvalWindows(data.signals, index, state["window"], state["stride"],
                               Normalizer.from_state(state["normalizer"]), pad=not state.get("full_length", False))
-        probs, _ = predict(model, windows, records.multilabel, device, dtype, cfg["train"]["eval_batch_size"])
+        probs, _ = predict(model, windows, records.multilabel, device, dtype, cfg["train"]["eval_batch_size"],
+                           aggregate=aggregate)
+        unit_ids, y, probs, groups = to_units(records, index, probs, aggregate)
         decisions = decide(probs, state["thresholds"], records.multilabel)
-        y = records.multi_hot(index)
-        results[name] = classification_metrics(y, probs, decisions, records.class_names, records.multilabel)
-        results[name].update(data.adapter.dataset_metrics(y, probs, decisions))
-        y_by_model[name] = (y, probs)
+        add(name, y, probs, decisions, groups)
         probs_all.append(probs)
         decisions_all.append(decisions)
     shared_split = len({tuple(s["split"][split]) for s in states}) == 1
     if len(paths) > 1 and shared_split:
-        y = y_by_model[names[0]][0]
-        vote = majority_vote(decisions_all, probs_all, records.multilabel)
-        mean_p, mean_d = mean_probability(probs_all, [s["thresholds"] for s in states], records.multilabel)
-        for name, p, d in (("ensemble_vote", np.mean(probs_all, 0), vote), ("ensemble_mean", mean_p, mean_d)):
-            results[name] = classification_metrics(y, p, d, records.class_names, records.multilabel)
-            results[name].update(data.adapter.dataset_metrics(y, p, d))
-            y_by_model[name] = (y, p)
+        thresholds = [s["thresholds"] for s in states]
+        vote = majority_vote(decisions_all, probs_all, records.multilabel, thresholds)
+        mean_p, mean_d = mean_probability(probs_all, thresholds, records.multilabel)
+        add("ensemble_vote", y, np.mean(probs_all, 0), vote, groups)
+        add("ensemble_mean", y, mean_p, mean_d, groups)
     elif len(paths) > 1:
         log.info("the %s split differs per fold, so no ensemble is scored on it", split)
-    plots = cfg["eval"]["plots"]
+    title = f"{run_dir.name} ({cfg['model']['type']}, {split} split)"
     for name, metrics in results.items():
         target = out_dir if len(results) == 1 else out_dir / name
-        write_model_report(target, name, metrics, *y_by_model[name], records.class_names, records.multilabel, plots)
+        write_model_report(target, f"{title}: {name}", metrics, *curves[name], records.class_names,
+                           records.multilabel, cfg["eval"]["plots"])
     write_json(results, out_dir / "metrics.json")
     main = "ensemble_" + cfg["kfold"]["ensemble"] if f"ensemble_{cfg['kfold']['ensemble']}" in results else names[0]
-    text = (f"{split} split, {results[main]['n']} records: {run_dir}\n{summary_table(results)}\n\n"
+    unit = "records" if records.units is None else "units (records regrouped from their windows)"
+    ci_note = (f"95 % CIs: percentile bootstrap, {resamples} resamples of "
+               f"{results[main]['bootstrap']['unit']}s" if resamples else "no CIs (eval.bootstrap: 0)")
+    text = (f"{split} split, {results[main]['n']} {unit}, windows combined by {aggregate}: {run_dir}\n"
+            f"{ci_note}\n{summary_table(results)}\n\n"
             f"per class ({main}):\n{per_class_table(results[main])}\n")
+    if is_aami(records.class_names, records.multilabel):
+        text += f"\nAAMI beat classes ({main}):\n{aami_table(results[main])}\n"
     (out_dir / "summary.txt").write_text(text)
+    write_json({"command": sys.argv, "split": split, "main": main, "models": list(results),
+                "aggregate": aggregate, "bootstrap": resamples, "device": str(device),
+                "units": len(unit_ids), "wall_s": round(time.time() - started, 2),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, out_dir / "eval_info.json")
     print(text + f"\nreports: {out_dir}")
     return results

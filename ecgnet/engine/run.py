@@ -7,6 +7,7 @@ in ``fold{k}/`` for k-fold.
 """
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import shutil
@@ -123,8 +124,18 @@ def resume(run_dir: str | Path) -> Path:
     return _run(cfg, run_dir)
 
 
+def _record_wall_time(run_dir: Path, seconds: float) -> None:
+    """Add this session's training time to env.json (a resumed run adds up its sessions)."""
+    path = run_dir / "env.json"
+    env = json.loads(path.read_text()) if path.is_file() else {}
+    env["train_wall_s"] = round(env.get("train_wall_s", 0.0) + seconds, 1)
+    env["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_json(env, path)
+
+
 def _run(cfg: dict, run_dir: Path) -> Path:
     handler = _log_to_file(run_dir)
+    started = time.time()
     try:
         seed_everything(cfg["seed"])
         data = prepare_data(cfg, progress=cfg["train"]["progress"] == "on" or sys.stderr.isatty())
@@ -148,6 +159,7 @@ def _run(cfg: dict, run_dir: Path) -> Path:
             trainer = Trainer(cfg, data, {"train": train_idx, "val": val_idx, "test": splits["test"]}, out_dir, k)
             summary[out_dir.name] = trainer.fit()
         write_json(summary, run_dir / "val_summary.json")
+        _record_wall_time(run_dir, time.time() - started)
     finally:
         logging.getLogger("ecgnet").removeHandler(handler)
         handler.close()

@@ -17,13 +17,14 @@ from tqdm import tqdm
 
 from ..build import build, build_augmentations
 from ..data.base import ECGAdapter, RecordSet
-from ..data.dataset import BucketBatchSampler, EvalWindows, TrainWindows, pad_collate, record_length
+from ..data.dataset import BucketBatchSampler, EvalWindows, TrainWindows, pad_collate, record_length, unpack_batch
 from ..data.transforms import Normalizer
 from ..metrics import classification_metrics, summary
+from ..models import accepts_lengths
 from ..registry import ConfigError, hint
 from ..thresholds import decide, tune_thresholds
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .predict import amp_dtype, autocast, predict, resolve_device
+from .predict import amp_dtype, autocast, forward, predict, resolve_device, to_units
 from .transfer import freeze, init_from_checkpoint, keep_frozen_norms_in_eval
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,10 @@ class Trainer:
         self.normalizer = Normalizer(cfg["preprocess"]["normalize"]).fit(data.signals[i] for i in train_idx)
         torch.manual_seed(self.seed)   # model initialisation depends on the seed only
         self.model = build("model", cfg, in_leads=len(records.leads), num_classes=records.num_classes)
+        if data.full_length and not accepts_lengths(self.model):
+            raise ConfigError(f"input.full_length: model '{cfg['model']['type']}' has no forward(x, lengths) to "
+                              "pool over real samples only, so padding would change its output; give it one "
+                              "(see ecgnet/models/layers.py) or use input.window_s")
         resuming = (out_dir / "last.pt").is_file()
         if cfg["model"]["init_from"] and not resuming:
             init_from_checkpoint(self.model, cfg["model"]["init_from"])
@@ -120,10 +125,11 @@ class Trainer:
         loss_sum, seen = torch.zeros((), device=self.device), 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg['train']['epochs']}",
                    leave=False, disable=not self._progress())
-        for x, y in bar:
+        for batch in bar:
+            x, y, lengths = unpack_batch(batch)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with autocast(self.device, self.dtype):
-                loss = self.loss_fn(self.model(x), y)
+                loss = self.loss_fn(forward(self.model, x, lengths), y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.cfg["train"]["clip_grad_norm"]:
@@ -137,15 +143,18 @@ class Trainer:
             seen += len(y)
         return (loss_sum / max(seen, 1)).item()
 
-    def validate(self, thresholds=None) -> tuple[dict, np.ndarray]:
+    def validate(self, thresholds=None) -> tuple[dict, np.ndarray, np.ndarray]:
+        """-> (val/... metrics, probabilities (units, C), labels (units, C))."""
         records = self.data.records
         probs, loss = predict(self.model, self.val_windows, records.multilabel, self.device, self.dtype,
-                              self.cfg["train"]["eval_batch_size"], self.loss_fn, self.data.targets[self.split["val"]])
-        y = records.multi_hot(self.split["val"])
+                              self.cfg["train"]["eval_batch_size"], self.loss_fn, self.data.targets[self.split["val"]],
+                              aggregate=self.cfg["eval"]["aggregate"])
+        # scored per evaluation unit, as evaluate does, so thresholds and model selection see the same thing
+        _, y, probs, _ = to_units(records, self.split["val"], probs, self.cfg["eval"]["aggregate"])
         decisions = decide(probs, thresholds, records.multilabel)
         metrics = classification_metrics(y, probs, decisions, records.class_names, records.multilabel)
         metrics.update(self.data.adapter.dataset_metrics(y, probs, decisions))
-        return {"val/loss": loss, **{f"val/{k}": v for k, v in summary(metrics).items()}}, probs
+        return {"val/loss": loss, **{f"val/{k}": v for k, v in summary(metrics).items()}}, probs, y
 
     def fit(self) -> dict:
         tcfg = self.cfg["train"]
@@ -154,7 +163,7 @@ class Trainer:
         while self.epoch < tcfg["epochs"] and not self.stopped:
             start = time.time()
             train_loss = self.train_one_epoch()
-            val, _ = self.validate()
+            val, _, _ = self.validate()
             if monitor not in val:
                 raise ConfigError(f"train.monitor: '{monitor}' is not a validation metric{hint(monitor, val)}")
             row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
@@ -182,15 +191,14 @@ class Trainer:
         best = load_checkpoint(self.out_dir / "best.pt")
         self.model.load_state_dict(best["model"])
         records = self.data.records
-        _, probs = self.validate()
+        _, probs, y = self.validate()
         tcfg = self.cfg["thresholds"]
         wants_tuning = records.multilabel or tcfg["single_label"] == "tuned"
         if wants_tuning and tcfg["tune"]:
-            self.thresholds = tune_thresholds(records.multi_hot(self.split["val"]), probs, records.class_names,
-                                              tcfg["default"])
+            self.thresholds = tune_thresholds(y, probs, records.class_names, tcfg["default"])
         elif records.multilabel:
             self.thresholds = [tcfg["default"]] * records.num_classes
-        val, _ = self.validate(self.thresholds)
+        val, _, _ = self.validate(self.thresholds)
         best.update(thresholds=self.thresholds, val_metrics=val, finished=True)
         save_checkpoint(best, self.out_dir / "best.pt")
         last = self.state_dict()

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..registry import MODELS
-from .layers import ConvBnAct1d, PoolMLPHead, check_settings
+from .layers import ConvBnAct1d, MaskedMaxPool1d, MaskedSequential, PoolMLPHead, check_settings, masked_chain
 
 
 @MODELS.register("cnn1d")
@@ -29,12 +29,17 @@ class CNN1d(nn.Module):
         channels = in_leads
         for width in widths:
             # ceil_mode keeps a last odd sample and lets inputs shorter than 2 ** len(widths) through.
-            stages += [ConvBnAct1d(channels, width, kernel_size), nn.MaxPool1d(2, ceil_mode=True),
+            stages += [ConvBnAct1d(channels, width, kernel_size), MaskedMaxPool1d(2),
                        nn.Dropout(dropout)]
             channels = width
-        self.features = nn.Sequential(*stages)
+        self.features = MaskedSequential(*stages)
         self.head = PoolMLPHead(channels, hidden, num_classes, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, leads, samples)`` -> logits ``(batch, num_classes)``; no sigmoid/softmax here."""
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, leads, samples)`` -> logits ``(batch, num_classes)``; no sigmoid/softmax here.
+
+        ``lengths``: real samples per row of a batch zero-padded at the end (None: all real).
+        """
+        if lengths is None:
+            return self.head(self.features(x))
+        return masked_chain([self.features, self.head], x, lengths)[0]

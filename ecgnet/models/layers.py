@@ -1,11 +1,13 @@
-"""Building blocks shared by the 1D CNN families: length-preserving convs, conv-BN-ReLU, SE, heads.
+"""Building blocks shared by the 1D CNN families: length-preserving convs, conv-BN-ReLU, SE, heads,
+and the masking layers that let them run on zero-padded batches of variable-length records.
 
 All blocks take and return ``(batch, channels, samples)`` tensors unless stated otherwise.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -14,13 +16,150 @@ from torch import nn
 from ..registry import ConfigError
 
 
-class SamePadConv1d(nn.Conv1d):
+# ---- Variable-length batches -------------------------------------------------------------------
+# With ``input.full_length`` a batch holds records of different lengths, zero-padded at the end to
+# the longest; ``lengths`` (int64, ``(batch,)``, on the tensor's device) counts each row's real
+# samples (1 <= lengths <= samples) at the resolution of the tensor it goes with. Length-aware
+# modules take ``forward(x, lengths=None)`` and keep every real output independent of the
+# padding: convs zero their input past ``lengths`` (so the same-padding sees what an unpadded
+# record would), BatchNorm takes its training statistics from real samples, pools and attention
+# ignore the padding. ``lengths=None`` (every sample real) runs exactly the plain torch
+# computation. Values in the padding of any output are unspecified (finite, never read by a
+# length-aware consumer).
+
+
+class LengthAware:
+    """Marker mixin: ``forward(x, lengths=None)`` masks padding past ``lengths``.
+
+    ``length_stride``: the output has ``ceil(samples / length_stride)`` samples, so
+    ``MaskedSequential`` knows the lengths to hand to the next module.
+    """
+
+    length_stride: int = 1
+
+
+def shrink_lengths(lengths: torch.Tensor, stride: int) -> torch.Tensor:
+    """``ceil(lengths / stride)``: the valid samples after a ``SamePadConv1d`` or a ceil-mode pool."""
+    return lengths if stride == 1 else torch.div(lengths + (stride - 1), stride, rounding_mode="floor")
+
+
+def valid_mask(lengths: torch.Tensor, samples: int) -> torch.Tensor:
+    """Boolean ``(batch, 1, samples)``, True at the first ``lengths[b]`` samples of row ``b``."""
+    return (torch.arange(samples, device=lengths.device) < lengths[:, None])[:, None, :]
+
+
+def zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``x`` with the samples past ``lengths`` set to zero (not in place; no gradient reaches them)."""
+    return x.masked_fill(~valid_mask(lengths, x.shape[-1]), 0)
+
+
+def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean over the real samples: ``(batch, channels, samples) -> (batch, channels, 1)``."""
+    return zero_padding(x, lengths).sum(-1, keepdim=True) / lengths[:, None, None]
+
+
+def call_masked(module: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """``module(x, lengths)`` for a length-aware module, ``module(x)`` for any other (pointwise) one."""
+    return module(x) if lengths is None or not isinstance(module, LengthAware) else module(x, lengths)
+
+
+def masked_chain(modules: Iterable[nn.Module], x: torch.Tensor,
+                 lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Apply ``modules`` in turn, shrinking ``lengths`` by each length-aware module's stride.
+
+    Modules that are not ``LengthAware`` get ``x`` alone and must keep the length (ReLU, Dropout).
+    Returns the output and its lengths (meaningless after a global pool).
+    """
+    for module in modules:
+        x = call_masked(module, x, lengths)
+        if lengths is not None and isinstance(module, LengthAware):
+            lengths = shrink_lengths(lengths, module.length_stride)
+    return x, lengths
+
+
+class MaskedSequential(LengthAware, nn.Sequential):
+    """``nn.Sequential`` that threads ``lengths`` through its children (see ``masked_chain``)."""
+
+    @property
+    def length_stride(self) -> int:
+        return math.prod(m.length_stride for m in self if isinstance(m, LengthAware))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x) if lengths is None else masked_chain(self, x, lengths)[0]
+
+
+class MaskedBatchNorm1d(LengthAware, nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics come from the real samples only.
+
+    With ``lengths`` and batch statistics in use, mean and (biased) variance are taken over the
+    samples before ``lengths`` and the running statistics move exactly as ``nn.BatchNorm1d``'s
+    (momentum or cumulative average, unbiased variance, ``num_batches_tracked``). In eval mode it
+    is a per-channel affine map, so padding cannot matter; without ``lengths`` it is the plain layer.
+    """
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None or not (self.training or self.running_mean is None):
+            return super().forward(x)
+        mask = valid_mask(lengths, x.shape[-1])
+        xf = x.float()                                   # statistics in fp32 under autocast too
+        n = lengths.sum()
+        mean = xf.masked_fill(~mask, 0).sum((0, 2)) / n
+        var = (xf - mean[:, None]).masked_fill(~mask, 0).square().sum((0, 2)) / n
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            with torch.no_grad():
+                self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+                self.running_var.mul_(1 - factor).add_(var * n / (n - 1), alpha=factor)
+        scale = torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = -mean * scale if self.bias is None else self.bias - mean * scale
+        return (xf * scale[:, None] + shift[:, None]).to(x.dtype)
+
+
+class MaskedMaxPool1d(LengthAware, nn.MaxPool1d):
+    """``MaxPool1d(k, ceil_mode=True)`` (stride k, ``ceil(samples / k)`` out) that never picks padding.
+
+    Padding becomes -inf before pooling, and outputs past the new lengths are zeroed again, so no
+    inf reaches later layers or gradients.
+    """
+
+    def __init__(self, kernel_size: int):
+        super().__init__(kernel_size, ceil_mode=True)
+
+    @property
+    def length_stride(self) -> int:
+        return self.kernel_size
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            return super().forward(x)
+        pooled = super().forward(x.masked_fill(~valid_mask(lengths, x.shape[-1]), float("-inf")))
+        return zero_padding(pooled, shrink_lengths(lengths, self.kernel_size))
+
+
+class MaskedGlobalAvgPool1d(LengthAware, nn.AdaptiveAvgPool1d):
+    """AdaptiveAvgPool1d(1) averaging the real samples only: ``(B, C, T) -> (B, C, 1)``."""
+
+    def __init__(self):
+        super().__init__(1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x) if lengths is None else masked_mean(x, lengths)
+
+
+# ---- Building blocks ----------------------------------------------------------------------------
+
+
+class SamePadConv1d(LengthAware, nn.Conv1d):
     """Conv1d whose output has ``ceil(samples / stride)`` samples, for odd and even kernels alike.
 
     ``padding="same"`` refuses stride > 1, and a symmetric integer pad loses or gains a sample for
     even kernels (k=16 in Hannun et al. 2019), so pad ``(k-1)//2`` left and ``k//2`` right: with
     ``k-1`` zeros in total, ``floor((L - 1) / s) + 1 = ceil(L / s)`` samples come out.
-    ``(batch, in_channels, samples) -> (batch, out_channels, ceil(samples / stride))``.
+    With ``lengths`` the input is zeroed past them first, so a padded record sees the same zeros
+    as an unpadded one. ``(batch, in_channels, samples) -> (batch, out_channels, ceil(samples / stride))``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -28,14 +167,20 @@ class SamePadConv1d(nn.Conv1d):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, bias=bias)
         self.same_pad = ((kernel_size - 1) // 2, kernel_size // 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def length_stride(self) -> int:
+        return self.stride[0]
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is not None:
+            x = zero_padding(x, lengths)
         return super().forward(F.pad(x, self.same_pad))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, same_pad={self.same_pad}"
 
 
-class ConvBnAct1d(nn.Sequential):
+class ConvBnAct1d(MaskedSequential):
     """SamePadConv1d -> BatchNorm1d -> ReLU (ReLU left out with ``act=False``).
 
     The conv has no bias because the BatchNorm right after it subtracts any constant offset.
@@ -46,14 +191,15 @@ class ConvBnAct1d(nn.Sequential):
                  act: bool = True):
         layers: OrderedDict[str, nn.Module] = OrderedDict(
             conv=SamePadConv1d(in_channels, out_channels, kernel_size, stride, bias=False),
-            bn=nn.BatchNorm1d(out_channels))
+            bn=MaskedBatchNorm1d(out_channels))
         if act:
             layers["act"] = nn.ReLU(inplace=True)
         super().__init__(layers)
 
 
-class SqueezeExcite1d(nn.Module):
-    """Channel attention (Hu et al. 2018): scale each channel by a gate computed from its time average.
+class SqueezeExcite1d(LengthAware, nn.Module):
+    """Channel attention (Hu et al. 2018): scale each channel by a gate computed from its time average
+    (over the real samples when ``lengths`` is given).
 
     ``(batch, channels, samples) -> (batch, channels, samples)``.
     """
@@ -61,25 +207,25 @@ class SqueezeExcite1d(nn.Module):
     def __init__(self, channels: int, reduction: int = 8):
         super().__init__()
         hidden = max(channels // reduction, 1)   # narrow widths with a large reduction keep one unit
-        self.gate = nn.Sequential(
-            nn.AdaptiveAvgPool1d(1),
+        self.gate = MaskedSequential(
+            MaskedGlobalAvgPool1d(),
             nn.Conv1d(channels, hidden, 1), nn.ReLU(inplace=True),
             nn.Conv1d(hidden, channels, 1), nn.Sigmoid())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return x * self.gate(x, lengths)
 
 
-class PoolMLPHead(nn.Sequential):
+class PoolMLPHead(MaskedSequential):
     """Global average pool -> Linear -> ReLU -> Dropout -> Linear, returning logits.
 
-    Averaging over time makes the head independent of the recording length.
-    ``(batch, in_channels, samples) -> (batch, num_classes)``.
+    Averaging over time (the real samples, given ``lengths``) makes the head independent of the
+    recording length. ``(batch, in_channels, samples) -> (batch, num_classes)``.
     """
 
     def __init__(self, in_channels: int, hidden: int, num_classes: int, dropout: float):
         super().__init__(OrderedDict(
-            pool=nn.AdaptiveAvgPool1d(1), flatten=nn.Flatten(),
+            pool=MaskedGlobalAvgPool1d(), flatten=nn.Flatten(),
             fc1=nn.Linear(in_channels, hidden), act=nn.ReLU(inplace=True), drop=nn.Dropout(dropout),
             fc2=nn.Linear(hidden, num_classes)))
 

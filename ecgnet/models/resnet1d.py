@@ -15,10 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import MODELS
-from .layers import ConvBnAct1d, SamePadConv1d, check_settings
+from .layers import (ConvBnAct1d, LengthAware, MaskedBatchNorm1d, MaskedGlobalAvgPool1d, MaskedMaxPool1d,
+                     MaskedSequential, SamePadConv1d, call_masked, check_settings, masked_chain,
+                     shrink_lengths)
 
 
-class PreActBlock1d(nn.Module):
+class PreActBlock1d(LengthAware, nn.Module):
     """Pre-activation residual block with two convolutions.
 
     ``(batch, in_channels, samples) -> (batch, out_channels, ceil(samples / stride))``;
@@ -31,20 +33,28 @@ class PreActBlock1d(nn.Module):
         # The first block reads the stem's output, which has just been through BN -> ReLU.
         self.pre: nn.Module = nn.Identity()
         if not first:
-            self.pre = nn.Sequential(nn.BatchNorm1d(in_channels), nn.ReLU(inplace=True))
+            self.pre = MaskedSequential(MaskedBatchNorm1d(in_channels), nn.ReLU(inplace=True))
         self.conv1 = SamePadConv1d(in_channels, out_channels, kernel_size, stride, bias=False)
         # The paper puts dropout only between the two convs, after the non-linearity.
-        self.mid = nn.Sequential(nn.BatchNorm1d(out_channels), nn.ReLU(inplace=True),
-                                 nn.Dropout(dropout))
+        self.mid = MaskedSequential(MaskedBatchNorm1d(out_channels), nn.ReLU(inplace=True),
+                                    nn.Dropout(dropout))
         self.conv2 = SamePadConv1d(out_channels, out_channels, kernel_size, bias=False)
-        self.pool = nn.MaxPool1d(stride, ceil_mode=True) if stride > 1 else nn.Identity()
+        self.pool = MaskedMaxPool1d(stride) if stride > 1 else nn.Identity()
         self.extra_channels = out_channels - in_channels
+        self.length_stride = stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.pool(x)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            shortcut = self.pool(x)
+            out = self.conv2(self.mid(self.conv1(self.pre(x))))
+        else:
+            shortcut = call_masked(self.pool, x, lengths)
+            out = self.conv1(call_masked(self.pre, x, lengths), lengths)
+            shrunk = shrink_lengths(lengths, self.length_stride)
+            out = self.conv2(self.mid(out, shrunk), shrunk)
         if self.extra_channels:
             shortcut = F.pad(shortcut, (0, 0, 0, self.extra_channels))   # zero channels appended
-        return shortcut + self.conv2(self.mid(self.conv1(self.pre(x))))
+        return shortcut + out
 
 
 @MODELS.register("resnet1d")
@@ -67,12 +77,17 @@ class ResNet1d(nn.Module):
             blocks.append(PreActBlock1d(channels, width, kernel_size, stride=2 if i % 2 else 1,
                                         dropout=dropout, first=i == 0))
             channels = width
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = MaskedSequential(*blocks)
         # Pre-activation blocks leave the sum un-normalised, so the head starts with BN -> ReLU.
-        self.head = nn.Sequential(nn.BatchNorm1d(channels), nn.ReLU(inplace=True),
-                                  nn.AdaptiveAvgPool1d(1), nn.Flatten(),
-                                  nn.Linear(channels, num_classes))
+        self.head = MaskedSequential(MaskedBatchNorm1d(channels), nn.ReLU(inplace=True),
+                                     MaskedGlobalAvgPool1d(), nn.Flatten(),
+                                     nn.Linear(channels, num_classes))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, leads, samples)`` -> logits ``(batch, num_classes)``; no sigmoid/softmax here."""
-        return self.head(self.blocks(self.stem(x)))
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, leads, samples)`` -> logits ``(batch, num_classes)``; no sigmoid/softmax here.
+
+        ``lengths``: real samples per row of a batch zero-padded at the end (None: all real).
+        """
+        if lengths is None:
+            return self.head(self.blocks(self.stem(x)))
+        return masked_chain([self.stem, self.blocks, self.head], x, lengths)[0]

@@ -14,21 +14,30 @@ import torch
 from torch import nn
 
 from ..registry import MODELS
-from .layers import check_settings
+from .layers import LengthAware, check_settings, masked_chain, valid_mask, zero_padding
 from .se_resnet1d import se_trunk
 
 
-class TemporalAttentionPool(nn.Module):
-    """``(batch, channels, time) -> (batch, channels)`` pooled features, ``(batch, time)`` weights."""
+class TemporalAttentionPool(LengthAware, nn.Module):
+    """``(batch, channels, time) -> (batch, channels)`` pooled features, ``(batch, time)`` weights.
+
+    With ``lengths`` the softmax runs over the real time steps only; the padding gets weight 0.
+    """
 
     def __init__(self, channels: int, attention_dim: int):
         super().__init__()
         self.score = nn.Sequential(nn.Conv1d(channels, attention_dim, 1), nn.Tanh(),
                                    nn.Conv1d(attention_dim, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = torch.softmax(self.score(x).squeeze(1).float(), dim=-1).to(x.dtype)
-        return torch.einsum("bct,bt->bc", x, weights), weights
+    def forward(self, x: torch.Tensor,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if lengths is None:
+            weights = torch.softmax(self.score(x).squeeze(1).float(), dim=-1).to(x.dtype)
+            return torch.einsum("bct,bt->bc", x, weights), weights
+        mask = valid_mask(lengths, x.shape[-1]).squeeze(1)
+        scores = self.score(x).squeeze(1).float().masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=-1).to(x.dtype)
+        return torch.einsum("bct,bt->bc", zero_padding(x, lengths), weights), weights
 
 
 @MODELS.register("se_attention1d")
@@ -46,11 +55,19 @@ class SEAttention1d(nn.Module):
         self.head = nn.Sequential(nn.Linear(widths[-1], hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                   nn.Linear(hidden, num_classes))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled, _ = self.pool(self.blocks(self.stem(x)))
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, leads, samples)`` -> logits; ``lengths``: real samples per row of a batch
+        zero-padded at the end (None: all real)."""
+        if lengths is None:
+            pooled, _ = self.pool(self.blocks(self.stem(x)))
+        else:
+            pooled, _ = self.pool(*masked_chain([self.stem, self.blocks], x, lengths))
         return self.head(pooled)
 
     @torch.no_grad()
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """Attention weights ``(batch, time steps)`` over the subsampled feature sequence."""
-        return self.pool(self.blocks(self.stem(x)))[1]
+    def attention(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention weights ``(batch, time steps)`` over the subsampled feature sequence; with
+        ``lengths``, exactly 0 past each row's ``ceil(lengths / total stride)`` steps."""
+        if lengths is None:
+            return self.pool(self.blocks(self.stem(x)))[1]
+        return self.pool(*masked_chain([self.stem, self.blocks], x, lengths))[1]

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from ..registry import MODELS
-from .layers import ConvBnAct1d, PoolMLPHead, SqueezeExcite1d, check_settings
+from .layers import (ConvBnAct1d, LengthAware, MaskedSequential, PoolMLPHead, SqueezeExcite1d, call_masked,
+                     check_settings, masked_chain)
 
 
-class SEBlock1d(nn.Module):
+class SEBlock1d(LengthAware, nn.Module):
     """conv -> BN -> ReLU -> Dropout -> conv -> BN -> SE, plus the shortcut, then ReLU.
 
     ``(batch, in_channels, samples) -> (batch, out_channels, ceil(samples / stride))``.
@@ -23,7 +24,7 @@ class SEBlock1d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
                  se_reduction: int, dropout: float):
         super().__init__()
-        self.body = nn.Sequential(
+        self.body = MaskedSequential(
             ConvBnAct1d(in_channels, out_channels, kernel_size, stride), nn.Dropout(dropout),
             ConvBnAct1d(out_channels, out_channels, kernel_size, act=False),
             SqueezeExcite1d(out_channels, se_reduction))
@@ -32,18 +33,21 @@ class SEBlock1d(nn.Module):
         if stride != 1 or in_channels != out_channels:
             self.shortcut = ConvBnAct1d(in_channels, out_channels, 1, stride, act=False)
         self.act = nn.ReLU(inplace=True)
+        self.length_stride = stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            return self.act(self.body(x) + self.shortcut(x))
+        return self.act(self.body(x, lengths) + call_masked(self.shortcut, x, lengths))
 
 
 def se_trunk(in_leads: int, widths: Sequence[int], kernel_size: int, se_reduction: int,
-             dropout: float) -> tuple[nn.Module, nn.Sequential]:
+             dropout: float) -> tuple[MaskedSequential, MaskedSequential]:
     """(stem, blocks): a strided stem conv, then one SE block per width, stride 2 every other block."""
     # A strided stem halves the sequence before the costliest (full-length) convolutions.
     stem = ConvBnAct1d(in_leads, widths[0], kernel_size, stride=2)
     channels = [widths[0], *widths]
-    blocks = nn.Sequential(*[
+    blocks = MaskedSequential(*[
         SEBlock1d(channels[i], width, kernel_size, stride=2 if i % 2 else 1,
                   se_reduction=se_reduction, dropout=dropout)
         for i, width in enumerate(widths)])
@@ -66,6 +70,11 @@ class SEResNet1d(nn.Module):
         self.stem, self.blocks = se_trunk(in_leads, widths, kernel_size, se_reduction, dropout)
         self.head = PoolMLPHead(widths[-1], hidden, num_classes, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, leads, samples)`` -> logits ``(batch, num_classes)``; no sigmoid/softmax here."""
-        return self.head(self.blocks(self.stem(x)))
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, leads, samples)`` -> logits ``(batch, num_classes)``; no sigmoid/softmax here.
+
+        ``lengths``: real samples per row of a batch zero-padded at the end (None: all real).
+        """
+        if lengths is None:
+            return self.head(self.blocks(self.stem(x)))
+        return masked_chain([self.stem, self.blocks, self.head], x, lengths)[0]

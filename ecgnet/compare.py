@@ -1,0 +1,414 @@
+"""Results tables from run directories: metrics with their 95 % CIs beside the config keys that differ.
+
+    python tools/compare_runs.py runs/a runs/b [--metric test/macro_auroc ...] [--md RESULTS.md] [--runs-file FILE]
+
+Reads only what train.py and evaluate.py wrote (``config.yaml``, ``env.json``,
+``eval/<split>/{metrics.json,eval_info.json}``), so a table can always be rebuilt from the runs.
+Runs of different datasets (``data.type`` + ``data.task``) get a table each.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import logging
+import re
+import shlex
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .registry import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+REFERENCES = Path(__file__).resolve().parents[1] / "experiments" / "references.yaml"
+DEFAULT_METRICS = ["test/macro_auroc", "test/macro_f1"]
+SPLITS = ("test", "val")
+# Where files go and what is displayed: they differ between runs without changing what was trained.
+NOISY_KEYS = {"name", "work_dir", "preprocess.cache_dir", "data.qc_cache", "train.progress", "train.tensorboard",
+              "eval.plots"}
+# Numbers every classification report has; any other number in metrics.json is a dataset's own score.
+STANDARD_KEYS = {"n", "macro_auroc", "macro_auprc", "macro_f1", "weighted_f1", "micro_f1", "accuracy",
+                 "balanced_accuracy", "exact_match", "hamming_loss", "loss"}
+FOLD = re.compile(r"fold\d+$")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict            # resolved config, flattened to dotted keys
+    env: dict
+    metrics: dict           # split -> {model_name: metrics dict}
+    info: dict              # split -> eval_info.json (may be empty)
+
+    @property
+    def group(self) -> str:
+        task = self.config.get("data.task")
+        return f"{self.config.get('data.type')}" + (f" / {task}" if task else "")
+
+
+@dataclass
+class Row:
+    run: Run
+    label: str              # 'ensemble_vote', 'model', 'fold mean (3)'
+    cells: dict             # metric -> (value, (lo, hi) | None, sd | None)
+    n: str
+    bootstrap: dict | None
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict:
+    """{'loss': {'type': 'ce'}} -> {'loss.type': 'ce'}; lists stay values, so they compare whole."""
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err.msg}, line {err.lineno}); "
+                        "re-run the step that wrote it") from None
+
+
+def load_run(path: Path, splits: set[str]) -> Run:
+    if not (path / "config.yaml").is_file():
+        raise DataError(f"{path}: not a run directory (no config.yaml); pass directories written by tools/train.py")
+    try:
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+    except yaml.YAMLError as err:
+        raise DataError(f"{path / 'config.yaml'}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(cfg, dict):
+        raise DataError(f"{path / 'config.yaml'}: expected a mapping of config sections")
+    metrics = {s: _read_json(path / "eval" / s / "metrics.json") for s in splits}
+    info = {s: _read_json(path / "eval" / s / "eval_info.json") for s in splits}
+    return Run(path, flatten(cfg), _read_json(path / "env.json"), metrics, info)
+
+
+def read_run_list(run_dirs: list[str], runs_file: str | None) -> list[Path]:
+    """Positional run directories, then those of --runs-file (one a line, '#' comments), duplicates dropped."""
+    paths = list(run_dirs)
+    if runs_file:
+        if not Path(runs_file).is_file():
+            raise ConfigError(f"--runs-file {runs_file}: no such file")
+        for line in Path(runs_file).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                paths.append(line)   # relative to the working directory, like positional arguments
+    if not paths:
+        raise ConfigError("no runs given; pass run directories or --runs-file FILE")
+    seen, out = set(), []
+    for p in map(Path, paths):
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            out.append(p)
+    return out
+
+
+def _number(metrics: dict, key: str):
+    value = metrics.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _main_model(run: Run, split: str) -> str | None:
+    """The model the evaluation report leads with (the configured ensemble for k-fold runs)."""
+    models = run.metrics[split]
+    main = run.info[split].get("main")
+    if not main:
+        ensemble = f"ensemble_{run.config.get('kfold.ensemble')}"
+        main = ensemble if ensemble in models else "model"
+    return main if main in models else None
+
+
+def run_rows(run: Run, metric_names: list[str]) -> list[Row]:
+    """The lead model's row with bootstrap CIs and, for k-fold runs, the fold mean with its sd across folds."""
+    lead_split = metric_names[0].split("/")[0]
+    rows = []
+    main = _main_model(run, lead_split)
+    if main:
+        cells = {}
+        for name in metric_names:
+            split, key = name.split("/", 1)
+            m = run.metrics[split].get(_main_model(run, split), {})
+            ci = (m.get("ci") or {}).get(key)
+            ci = tuple(ci) if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else None
+            cells[name] = (_number(m, key), ci, None)
+        m = run.metrics[lead_split][main]
+        rows.append(Row(run, main, cells, _fmt_n([m.get("n")]), m.get("bootstrap")))
+    folds = {s: [m for name, m in run.metrics[s].items() if FOLD.match(name)] for s in run.metrics}
+    if len(folds[lead_split]) >= 2:
+        cells = {}
+        for name in metric_names:
+            split, key = name.split("/", 1)
+            values = [v for v in (_number(m, key) for m in folds[split]) if v is not None]
+            cells[name] = ((statistics.mean(values), None, statistics.stdev(values) if len(values) > 1 else 0.0)
+                           if values else (None, None, None))
+        rows.append(Row(run, f"fold mean ({len(folds[lead_split])})", cells,
+                        _fmt_n([m.get("n") for m in folds[lead_split]]), None))
+    if not rows:
+        log.warning("skipped %s: its %s metrics.json names no model to report (%s)", run.path, lead_split,
+                    ", ".join(run.metrics[lead_split]))
+    return rows
+
+
+def _fmt_n(ns: list) -> str:
+    ns = sorted({int(n) for n in ns if isinstance(n, (int, float))})
+    return "-" if not ns else str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+
+
+def differing_keys(runs: list[Run]) -> list[str]:
+    """Config keys whose value is not the same in every run (absent counts as a value), in config order."""
+    absent = object()
+    keys = dict.fromkeys(k for r in runs for k in r.config if k not in NOISY_KEYS)
+    return [k for k in keys if any(r.config.get(k, absent) != runs[0].config.get(k, absent) for r in runs)]
+
+
+# ---------------------------------------------------------------- references
+
+def load_references(path: Path | None) -> list[dict]:
+    if path is None or not Path(path).is_file():
+        return []
+    try:
+        refs = yaml.safe_load(Path(path).read_text()) or []
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    for i, ref in enumerate(refs if isinstance(refs, list) else [None]):
+        if not isinstance(ref, dict) or not {"dataset", "metric", "value", "source"} <= ref.keys():
+            raise ConfigError(f"{path}: entry {i} needs dataset, metric, value and source "
+                              "(optional task and match: {dotted.key: value})")
+    return refs
+
+
+def find_reference(refs: list[dict], config: dict, metric: str) -> dict | None:
+    """First entry for this dataset (and task) whose match keys all hold; string patterns may use * wildcards."""
+    def holds(key, want):
+        have = config.get(key)
+        return fnmatch.fnmatchcase(str(have), want) if isinstance(want, str) and have is not None else have == want
+    for ref in refs:
+        if (ref["metric"] == metric and ref["dataset"] == config.get("data.type")
+                and ("task" not in ref or ref["task"] == config.get("data.task"))
+                and all(holds(k, v) for k, v in (ref.get("match") or {}).items())):
+            return ref
+    return None
+
+
+def _row_reference(refs: list[dict], row: Row, metric_names: list[str]) -> tuple[str, dict | None]:
+    """The first metric's reference; failing that, the first shown metric that has one, named."""
+    for i, name in enumerate(metric_names):
+        ref = find_reference(refs, row.run.config, name)
+        if ref:
+            return (_fmt(ref["value"]) if i == 0 else f"{name.split('/', 1)[1]} {_fmt(ref['value'])}"), ref
+    return "-", None
+
+
+# ---------------------------------------------------------------- formatting
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if round(value, 3) == value else f"{value:g}"   # 0.93 -> 0.930, 0.8599 as given
+    return str(value)
+
+
+def fmt_cell(value, ci, sd) -> str:
+    if value is None:
+        return "-"
+    if ci:
+        return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return f"{value:.3f} ±{sd:.3f}" if sd is not None else f"{value:.3f}"
+
+
+def fmt_duration(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def _config_value(config: dict, key: str) -> str:
+    if key not in config:
+        return "-"
+    value = config[key]
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def fmt_command(argv) -> str:
+    """env.json's sys.argv as a command to paste: 'python tools/train.py ...' or 'ecgnet-train ...'."""
+    if not argv:
+        return "-"
+    head = f"python {argv[0]}" if str(argv[0]).endswith(".py") else Path(argv[0]).name
+    return " ".join([head, *map(shlex.quote, map(str, argv[1:]))])
+
+
+@dataclass
+class Table:
+    title: str
+    metrics: list[str]
+    keys: list[str]
+    rows: list[Row]
+    refs: list[dict]
+
+    def header(self) -> list[str]:
+        return ["run", "model", *self.metrics, "reference", *self.keys, "n", "wall", "device"]
+
+    def cells(self, row: Row, run_label: str) -> list[str]:
+        run, split = row.run, self.metrics[0].split("/")[0]
+        wall = fmt_duration(run.env.get("train_wall_s")) + " + " + fmt_duration(run.info[split].get("wall_s"))
+        devices = dict.fromkeys(d for d in (run.env.get("device"), run.info[split].get("device")) if d)
+        return [run_label, row.label, *(fmt_cell(*row.cells[m]) for m in self.metrics),
+                _row_reference(self.refs, row, self.metrics)[0], *(_config_value(run.config, k) for k in self.keys),
+                row.n, wall, " + ".join(devices) or "-"]
+
+    def legend(self) -> str:
+        """Says which rows carry a bootstrap CI and which the spread across folds."""
+        parts = []
+        if any(c[1] for r in self.rows for c in r.cells.values()):
+            boots = {(r.bootstrap.get("resamples"), r.bootstrap.get("unit")) for r in self.rows if r.bootstrap}
+            resamples, unit = boots.pop() if len(boots) == 1 else (None, None)   # one setting for all, or say none
+            how = f" ({resamples} resamples by {unit})" if resamples and unit else ""
+            parts.append(f"value [lo, hi]: 95 % bootstrap CI{how}")
+        if any(r.label.startswith("fold mean") for r in self.rows):
+            parts.append("fold mean ±sd: mean and sd of the fold models' values (their spread, not a CI)")
+        return "; ".join(parts + ["wall: train + evaluate", "-: not recorded"])
+
+
+def _run_labels(runs: list[Run]) -> dict[Path, str]:
+    """Directory names, or the path as given where two runs share a name."""
+    names = [r.path.name for r in runs]
+    return {r.path: r.path.name if names.count(r.path.name) == 1 else str(r.path) for r in runs}
+
+
+def _sort_key(metric: str):
+    sign = 1 if metric.endswith("loss") else -1   # losses: lower is better
+    def key(row: Row):
+        value = row.cells[metric][0]
+        return (value is None, sign * (value or 0), str(row.run.path), row.label.startswith("fold"))
+    return key
+
+
+def build_tables(runs: list[Run], metric_names: list[str] | None, refs: list[dict]) -> list[Table]:
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    tables = []
+    for title, group in sorted(groups.items()):
+        names = metric_names or DEFAULT_METRICS + _dataset_scores(group)
+        rows = sorted((row for run in group for row in run_rows(run, names)), key=_sort_key(names[0]))
+        tables.append(Table(title, names, differing_keys(group), rows, refs))
+    return tables
+
+
+def _dataset_scores(runs: list[Run]) -> list[str]:
+    keys = {}
+    for run in runs:
+        for m in run.metrics["test"].values():
+            keys.update(dict.fromkeys(k for k in m if k not in STANDARD_KEYS and _number(m, k) is not None))
+    return [f"test/{k}" for k in keys]
+
+
+def format_text(tables: list[Table]) -> str:
+    out = []
+    for table in tables:
+        labels = _run_labels(list({r.run.path: r.run for r in table.rows}.values()))
+        lines = [table.header()] + [table.cells(r, labels[r.run.path]) for r in table.rows]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+        text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+        text.insert(1, "  ".join("-" * w for w in widths))
+        out.append(f"== {table.title} ({len(labels)} run{'s' * (len(labels) != 1)}) ==\n" + "\n".join(text)
+                   + f"\n{table.legend()}\n")
+    return "\n".join(out)
+
+
+def format_markdown(tables: list[Table], command: str | None = None) -> str:
+    out = ["# Results", ""]
+    if command:
+        out += [f"Generated by `{command}` from the run directories alone; regenerate rather than edit.", ""]
+    for table in tables:
+        runs = list({r.run.path: r.run for r in table.rows}.values())
+        labels = _run_labels(runs)
+        out += [f"## {table.title}", "", "| " + " | ".join(table.header()) + " |",
+                "|" + "---|" * len(table.header())]
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in table.cells(r, labels[r.run.path])) + " |"
+                for r in table.rows]
+        out += ["", table.legend() + ".", ""]
+        sources = {}
+        for row in table.rows:
+            ref = _row_reference(table.refs, row, table.metrics)[1]
+            if ref:
+                sources[id(ref)] = f"- {ref['metric']} {_fmt(ref['value'])}: {ref['source']}"
+        if sources:
+            out += ["References:", "", *sources.values(), ""]
+        split = table.metrics[0].split("/")[0]
+        out += ["Commands:", ""]
+        out += [f"- `{labels[r.path]}`: `{fmt_command(r.env.get('command'))}`, then "
+                + (f"`{fmt_command(r.info[split]['command'])}`" if r.info[split].get("command")
+                   else "evaluate command not recorded (no eval_info.json)") for r in runs]
+        out.append("")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- entry point
+
+def _check_metric_names(names: list[str]) -> None:
+    for name in names:
+        split = name.split("/", 1)[0] if "/" in name else None
+        if split not in SPLITS or not name.split("/", 1)[1]:
+            raise ConfigError(f"--metric {name}: expected SPLIT/KEY with SPLIT test or val, e.g. test/macro_auroc "
+                              "(put run directories before --metric)")
+
+
+def _evaluated(runs: list[Run], splits: set[str]) -> list[Run]:
+    """Runs with metrics for every split asked for; the others are named with the command that makes them."""
+    def fix(run, split):
+        return f"python tools/evaluate.py --ckpt {run.path}" + (" --split val" if split == "val" else "")
+    done, todo = [], []
+    for run in runs:
+        missing = [s for s in sorted(splits) if not run.metrics[s]]
+        (todo if missing else done).append((run, missing))
+    for run, missing in todo:
+        message = f"{run.path}: not evaluated on the {missing[0]} split (no eval/{missing[0]}/metrics.json); " \
+                  f"run {fix(run, missing[0])}"
+        if not done:
+            raise DataError(message)
+        log.warning("skipped %s", message)
+    return [run for run, _ in done]
+
+
+def compare(run_dirs: list[str], metrics: list[str] | None = None, md: str | None = None,
+            runs_file: str | None = None, references: str | Path | None = REFERENCES,
+            command: str | None = None) -> list[Table]:
+    """Print one table per dataset, optionally write them as Markdown; returns the tables."""
+    if metrics:
+        _check_metric_names(metrics)
+    splits = {m.split("/", 1)[0] for m in metrics or DEFAULT_METRICS}
+    runs = _evaluated([load_run(p, splits) for p in read_run_list(run_dirs, runs_file)], splits)
+    if metrics:
+        available = {f"{s}/{k}" for r in runs for s in splits for m in r.metrics[s].values() for k in m
+                     if _number(m, k) is not None and k != "n"}
+        for name in metrics:
+            if name not in available:
+                close = difflib.get_close_matches(name, available, n=1)
+                raise ConfigError(f"--metric {name}: in no run's metrics"
+                                  + (f" (did you mean {close[0]}?)" if close else "")
+                                  + f"; available: {', '.join(sorted(available))}")
+    tables = build_tables(runs, metrics, load_references(references))
+    print(format_text(tables), end="")
+    if md:
+        Path(md).parent.mkdir(parents=True, exist_ok=True)
+        Path(md).write_text(format_markdown(tables, command))
+        print(f"\nwrote {md}")
+    return tables

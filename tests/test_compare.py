@@ -1,0 +1,208 @@
+"""compare_runs: tables from fixture run directories (config.yaml, env.json, eval/test/*.json)."""
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ecgnet.compare import compare, find_reference, fmt_cell, fmt_duration, load_references
+from ecgnet.registry import ConfigError, DataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = {"name": "demo", "seed": 0, "work_dir": "runs",
+        "data": {"type": "synthetic", "num_records": 1200, "fs": 100},
+        "model": {"type": "resnet1d", "dropout": 0.1, "widths": [16, 32]},
+        "loss": {"type": "bce"}, "train": {"epochs": 10, "device": "auto"},
+        "kfold": {"folds": 0, "ensemble": "vote"}, "eval": {"split": "test"}}
+
+
+def metrics(auroc, f1, ci=True, **extra):
+    m = {"n": 244, "macro_auroc": auroc, "macro_f1": f1, "hamming_loss": round(1 - f1, 3), "per_class": [],
+         "confusion_matrix": [[1, 0], [0, 1]], "auroc_undefined": [], **extra}
+    if ci:
+        m["ci"] = {"macro_auroc": [auroc - 0.02, auroc + 0.015], "macro_f1": [f1 - 0.03, f1 + 0.03]}
+        m["bootstrap"] = {"resamples": 1000, "unit": "patient"}
+    return m
+
+
+def make_run(root: Path, name: str, changes: dict, models: dict | None, wall=61.2, info=True) -> Path:
+    cfg = json.loads(json.dumps(BASE))
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        section = cfg
+        for key in path:
+            section = section.setdefault(key, {})
+        section[last] = value
+    run = root / name
+    run.mkdir(parents=True)
+    cfg["name"], cfg["work_dir"] = name, str(root)          # noisy keys: must never become columns
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {"command": ["tools/train.py", "--config", "cfgs/demo.yaml", "--work-dir", f"runs/{name}"],
+           "device": "cpu", "started": "2026-12-01T10:00:00", "git_commit": "abc", "ecgnet": "0.1.0"}
+    if wall is not None:
+        env["train_wall_s"] = wall
+    (run / "env.json").write_text(json.dumps(env))
+    if models is not None:
+        (run / "eval" / "test").mkdir(parents=True)
+        (run / "eval" / "test" / "metrics.json").write_text(json.dumps(models))
+        if info:
+            main = "ensemble_vote" if "ensemble_vote" in models else "model"
+            (run / "eval" / "test" / "eval_info.json").write_text(json.dumps(
+                {"command": ["tools/evaluate.py", "--ckpt", f"runs/{name}"], "wall_s": 7.1, "split": "test",
+                 "device": "cpu", "main": main}))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path):
+    single = make_run(tmp_path, "single", {}, {"model": metrics(0.95, 0.80)})
+    folds = {f"fold{k}": metrics(a, f, ci=False) for k, (a, f) in enumerate([(0.90, 0.70), (0.92, 0.74), (0.94, 0.75)])}
+    kfold = make_run(tmp_path, "kfold_focal", {"model.dropout": 0.3, "loss": {"type": "focal", "gamma": 2.0},
+                                               "kfold.folds": 3},
+                     {**folds, "ensemble_vote": metrics(0.96, 0.78), "ensemble_mean": metrics(0.955, 0.77)})
+    ptbxl = make_run(tmp_path, "ptbxl_super", {"data": {"type": "ptbxl", "task": "superdiagnostic", "fs": 100}},
+                     {"model": metrics(0.876, 0.674)}, wall=None, info=False)   # older run: no wall, no eval_info
+    cinc = make_run(tmp_path, "cinc_ce", {"data": {"type": "cinc17"}, "loss.type": "ce"},
+                    {"model": metrics(0.94, 0.70, cinc17_f1=0.763, f1_noisy=0.714)})
+    return {"single": single, "kfold": kfold, "ptbxl": ptbxl, "cinc": cinc}
+
+
+def test_differing_keys_become_columns(runs, capsys):
+    (table,) = compare([str(runs["single"]), str(runs["kfold"])], references=None)
+    assert table.keys == ["model.dropout", "loss.type", "kfold.folds", "loss.gamma"]   # config order, absent counts
+    out = capsys.readouterr().out
+    header = out.splitlines()[1].split()
+    for key in ("model.dropout", "loss.type", "loss.gamma", "kfold.folds"):
+        assert key in header
+    for same in ("name", "work_dir", "train.epochs", "data.type", "model.widths", "seed"):
+        assert same not in header
+
+
+def test_rows_sorted_by_first_metric(runs):
+    (table,) = compare([str(runs["single"]), str(runs["kfold"])], references=None)
+    assert [(r.run.path.name, r.label) for r in table.rows] == [
+        ("kfold_focal", "ensemble_vote"), ("single", "model"), ("kfold_focal", "fold mean (3)")]
+    # macro F1 puts the single model first; a loss sorts ascending
+    (table,) = compare([str(runs["kfold"]), str(runs["single"])], ["test/macro_f1"], references=None)
+    assert [r.label for r in table.rows] == ["model", "ensemble_vote", "fold mean (3)"]
+    (table,) = compare([str(runs["kfold"]), str(runs["single"])], ["test/hamming_loss"], references=None)
+    assert [r.label for r in table.rows] == ["model", "ensemble_vote", "fold mean (3)"]
+    assert [r.cells["test/hamming_loss"][0] for r in table.rows] == pytest.approx([0.2, 0.22, 0.27])
+
+
+def test_kfold_gives_ensemble_and_fold_mean_rows(runs, capsys):
+    (table,) = compare([str(runs["kfold"])], references=None)
+    ensemble, mean = table.rows
+    assert ensemble.label == "ensemble_vote" and mean.label == "fold mean (3)"
+    value, ci, sd = mean.cells["test/macro_auroc"]
+    assert ci is None
+    assert value == pytest.approx(0.92) and sd == pytest.approx(statistics.stdev([0.90, 0.92, 0.94]))
+    assert mean.cells["test/macro_f1"][0] == pytest.approx((0.70 + 0.74 + 0.75) / 3)
+    out = capsys.readouterr().out
+    assert "0.960 [0.940, 0.975]" in out                      # the ensemble's bootstrap CI
+    assert "0.920 ±0.020" in out                               # the folds' spread, not a CI
+    assert "±sd" in out and "1000 resamples by patient" in out   # the legend says which is which
+
+
+def test_cells_and_durations():
+    assert fmt_cell(0.9123, (0.9011, 0.9234), None) == "0.912 [0.901, 0.923]"
+    assert fmt_cell(0.9123, None, None) == "0.912"
+    assert fmt_cell(0.9123, None, 0.0104) == "0.912 ±0.010"
+    assert fmt_cell(None, None, None) == "-"
+    assert [fmt_duration(s) for s in (7.1, 61.2, 3725, None)] == ["7 s", "1 min 1 s", "1 h 2 min", "-"]
+
+
+def test_missing_ci_shows_value_only(tmp_path, capsys):
+    m = metrics(0.95, 0.80)
+    del m["ci"]["macro_f1"]
+    compare([str(make_run(tmp_path, "r", {}, {"model": m}))], references=None)
+    row = capsys.readouterr().out.splitlines()[3]
+    assert "0.950 [0.930, 0.965]" in row and "0.800  " in row and "1 min 1 s + 7 s" in row
+
+
+def test_grouped_by_dataset(runs, capsys):
+    tables = compare([str(p) for p in runs.values()], references=None)
+    assert [t.title for t in tables] == ["cinc17", "ptbxl / superdiagnostic", "synthetic"]
+    cinc, ptbxl, synthetic = tables
+    assert cinc.metrics == ["test/macro_auroc", "test/macro_f1", "test/cinc17_f1", "test/f1_noisy"]   # its own scores
+    assert ptbxl.metrics == synthetic.metrics == ["test/macro_auroc", "test/macro_f1"]
+    assert cinc.keys == ptbxl.keys == []                                    # one run each: nothing differs
+    assert "data.type" not in synthetic.keys and "model.dropout" in synthetic.keys
+    out = capsys.readouterr().out
+    assert "== ptbxl / superdiagnostic (1 run) ==" in out and "== synthetic (2 runs) ==" in out
+    ptbxl_row = next(line for line in out.splitlines() if line.startswith("ptbxl_super"))
+    assert ptbxl_row.rstrip().endswith("- + -  cpu")                      # no train_wall_s, no eval_info
+
+
+def test_references_match_dataset_task_and_keys():
+    refs = load_references(REPO / "experiments" / "references.yaml")
+    cfg = {"data.type": "ptbxl", "data.task": "rhythm"}
+    assert find_reference(refs, cfg, "test/macro_auroc")["value"] == 0.957
+    assert find_reference(refs, {**cfg, "data.task": "identification"}, "test/accuracy")["value"] == 0.752
+    assert find_reference(refs, {"data.type": "cinc17", "loss.type": "weighted_ce"}, "test/cinc17_f1")["value"] == 0.846
+    assert find_reference(refs, {"data.type": "cinc17", "loss.type": "bce"}, "test/cinc17_f1") is None
+    ped = {"data.type": "hdf5", "data.root": "data/pediatric/pediatric.h5", "loss.type": "focal"}
+    assert find_reference(refs, ped, "test/macro_f1")["value"] == 0.8599
+    assert find_reference(refs, {**ped, "data.root": "/tmp/smoke.h5"}, "test/macro_f1") is None
+    intra = {"data.type": "mitdb", "data.preset": "kaggle", "data.split_mode": "intra"}
+    assert find_reference(refs, intra, "test/accuracy")["value"] == 0.985
+    assert find_reference(refs, {**intra, "data.split_mode": "inter"}, "test/accuracy") is None
+    assert all(r["source"] for r in refs)
+
+
+def cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / "tools" / "compare_runs.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def test_cli_markdown_with_commands_and_references(runs, tmp_path):
+    listing = tmp_path / "runs.txt"
+    listing.write_text(f"# the runs of the results table\n{runs['single']}\n\n{runs['kfold']}  # k-fold\n")
+    md = tmp_path / "out" / "RESULTS.md"
+    done = cli(runs["ptbxl"], runs["cinc"], "--runs-file", listing, "--md", md)
+    assert done.returncode == 0, done.stderr
+    assert "kfold_focal" in done.stdout and "fold mean (3)" in done.stdout
+    text = md.read_text()
+    assert f"Generated by `python {REPO / 'tools' / 'compare_runs.py'} {runs['ptbxl']}" in text
+    assert "| run | model | test/macro_auroc | test/macro_f1 | reference |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| ptbxl_super |"))
+    assert "| 0.930 |" in row                                                  # fold-10 superdiagnostic reference
+    assert "Strodthoff et al. 2021" in text
+    cinc_row = next(line for line in text.splitlines() if line.startswith("| cinc_ce |"))
+    assert "| cinc17_f1 0.839 |" in cinc_row           # the first metric has none: the dataset score's, named
+    assert next(line for line in text.splitlines() if line.startswith("| single |")).count("| - |") >= 1
+    assert (f"- `kfold_focal`: `python tools/train.py --config cfgs/demo.yaml --work-dir runs/kfold_focal`, "
+            f"then `python tools/evaluate.py --ckpt runs/kfold_focal`") in text
+
+
+def test_not_evaluated_run_is_skipped_or_an_error(runs, tmp_path, caplog):
+    fresh = make_run(tmp_path, "fresh", {}, None)
+    (table,) = compare([str(runs["single"]), str(fresh)], references=None)
+    assert [r.run.path.name for r in table.rows] == ["single"]
+    assert f"python tools/evaluate.py --ckpt {fresh}" in caplog.text
+    with pytest.raises(DataError, match=r"not evaluated on the test split .* run python tools/evaluate.py --ckpt"):
+        compare([str(fresh)])
+    done = cli(fresh)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"error: {fresh}: not evaluated on the test split (no eval/test/metrics.json); "
+                                   f"run python tools/evaluate.py --ckpt {fresh}")
+
+
+def test_not_a_run_directory_exits_2_with_one_line(runs, tmp_path):
+    done = cli(runs["single"], tmp_path / "nothing_here")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nothing_here'}: not a run directory (no config.yaml); "
+        "pass directories written by tools/train.py"]
+
+
+def test_unknown_metric_lists_available_keys(runs):
+    with pytest.raises(ConfigError, match=r"test/macro_aurco: in no run's metrics \(did you mean test/macro_auroc\?\)"
+                                          r"; available: .*test/cinc17_f1.*test/macro_auroc"):
+        compare([str(runs["single"]), str(runs["cinc"])], ["test/macro_aurco"])
+    with pytest.raises(ConfigError, match="expected SPLIT/KEY"):
+        compare([str(runs["single"])], ["macro_auroc"])
