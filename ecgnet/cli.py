@@ -66,13 +66,20 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="read the data with this config instead of the checkpoint's")
     parser.add_argument("--split", choices=["test", "val"], help="default: the config's eval.split (test)")
     parser.add_argument("--out", help="report directory (default RUN_DIR/eval/SPLIT)")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="eval.KEY=VALUE",
+                        help="evaluation settings only, e.g. eval.aggregate=max eval.bootstrap=0")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
     def run():
+        from .config import parse_opts
         from .engine.evaluate import evaluate
-        evaluate(args.ckpt, args.split, args.out, args.config)
+        overrides = parse_opts(args.opts)
+        if set(overrides) - {"eval"}:
+            raise ConfigError(f"--opts: evaluate takes eval.* settings only (what the model saw is fixed by its "
+                              f"checkpoint), got {', '.join(sorted(set(overrides) - {'eval'}))}")
+        evaluate(args.ckpt, args.split, args.out, args.config, overrides.get("eval"))
     return guarded(run)
 
 

@@ -1,5 +1,6 @@
 """compare_runs: tables from fixture run directories (config.yaml, env.json, eval/test/*.json)."""
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -206,3 +207,29 @@ def test_unknown_metric_lists_available_keys(runs):
         compare([str(runs["single"]), str(runs["cinc"])], ["test/macro_aurco"])
     with pytest.raises(ConfigError, match="expected SPLIT/KEY"):
         compare([str(runs["single"])], ["macro_auroc"])
+
+
+def test_two_trained_runs_differing_by_one_opt(tmp_path):
+    """End to end: train and evaluate two small runs that differ in one --opts value; the table
+    built from their directories has that key as its only config column."""
+    small = ["data.num_records=160", "data.duration_s=6", "data.fs=50", "model.base_width=8", "model.num_blocks=4",
+             "train.epochs=2", "schedule.warmup_epochs=0", "schedule.cooldown_epochs=1", "train.tensorboard=false",
+             "eval.plots=false", "eval.bootstrap=50"]
+    def tool(name, *args):
+        return subprocess.run([sys.executable, str(REPO / "tools" / name), *args], capture_output=True, text=True,
+                              cwd=REPO, timeout=300)
+
+    for name, dropout in (("a", 0.1), ("b", 0.3)):
+        out = tool("train.py", "--config", "cfgs/demo.yaml", "--work-dir", str(tmp_path / name),
+                   "--opts", *small, f"model.dropout={dropout}")
+        assert out.returncode == 0, out.stderr
+        out = tool("evaluate.py", "--ckpt", str(tmp_path / name))
+        assert out.returncode == 0, out.stderr
+    out = cli(tmp_path / "a", tmp_path / "b", "--md", tmp_path / "R.md")
+    assert out.returncode == 0, out.stderr
+    header = next(line for line in out.stdout.splitlines() if line.startswith("run "))
+    assert "model.dropout" in header and "loss.type" not in header and "train.epochs" not in header
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("a ", "b "))]
+    assert len(rows) == 2 and all(re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", r) for r in rows)
+    md = (tmp_path / "R.md").read_text()
+    assert "model.dropout=0.3" in md and "tools/evaluate.py" in md

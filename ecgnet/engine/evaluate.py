@@ -3,9 +3,11 @@ test (or validation) split recorded in the checkpoints. Config, classes, thresho
 normalisation all come from the checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import sys
+import typing
 import time
 from pathlib import Path
 
@@ -13,13 +15,13 @@ import numpy as np
 
 from ..bootstrap import bootstrap_cis
 from ..build import build, resolve_config
-from ..config import load_config
+from ..config import EvalCfg, load_config
 from ..data.base import RecordSet
 from ..data.dataset import EvalWindows
 from ..data.transforms import Normalizer
 from ..ensemble import majority_vote, mean_probability
 from ..metrics import aami_table, classification_metrics, is_aami
-from ..registry import ConfigError, DataError
+from ..registry import ConfigError, DataError, check_type, hint
 from ..reports import per_class_table, summary_table, write_json, write_model_report
 from ..thresholds import decide
 from .checkpoint import load_checkpoint
@@ -71,7 +73,7 @@ def score(y: np.ndarray, probs: np.ndarray, decisions: np.ndarray, groups: np.nd
 
 
 def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None = None,
-             config: str | Path | None = None) -> dict:
+             config: str | Path | None = None, eval_overrides: dict | None = None) -> dict:
     """``split`` defaults to the config's ``eval.split`` (test). Writes ``<out>/metrics.json`` (all
     models side by side), ``eval_info.json`` (command, wall time, settings), ``summary.txt``, and a
     sub-folder per model with metrics.json, per_class.csv, roc.png, confusion.png; prints the tables.
@@ -87,6 +89,13 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
             raise DataError(f"{p}: training did not finish (no tuned thresholds); "
                             f"finish it with tools/train.py --resume {run_dir}")
     cfg = resolve_config(load_config(config)) if config else states[0]["config"]
+    if eval_overrides:
+        known = {f.name for f in dataclasses.fields(EvalCfg)}
+        for key, value in eval_overrides.items():
+            if key not in known:
+                raise ConfigError(f"eval.{key}: unknown setting{hint(key, known)}")
+            check_type(value, typing.get_type_hints(EvalCfg)[key], f"eval.{key}")
+        cfg = {**cfg, "eval": {**cfg["eval"], **eval_overrides}}
     split = split or cfg["eval"]["split"]
     aggregate = cfg["eval"].get("aggregate", "mean")      # checkpoints from before these settings existed
     resamples = cfg["eval"].get("bootstrap", 1000)
@@ -99,7 +108,9 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
                         f"{list(records.class_names)}")
     device = resolve_device(cfg["train"]["device"])
     dtype = amp_dtype(cfg["train"]["amp"], device)
-    out_dir = Path(out) if out else run_dir / "eval" / split
+    # an override gets its own folder, so it never replaces the run's own report (eval/<split>)
+    suffix = "".join(f"_{k}-{v}" for k, v in sorted((eval_overrides or {}).items()))
+    out_dir = Path(out) if out else run_dir / "eval" / f"{split}{suffix}"
     names = [p.parent.name if len(paths) > 1 else "model" for p in paths]
     curves, results, probs_all, decisions_all = {}, {}, [], []
 
@@ -147,7 +158,8 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
         text += f"\nAAMI beat classes ({main}):\n{aami_table(results[main])}\n"
     (out_dir / "summary.txt").write_text(text)
     write_json({"command": sys.argv, "split": split, "main": main, "models": list(results),
-                "aggregate": aggregate, "bootstrap": resamples, "device": str(device),
+                "aggregate": aggregate, "bootstrap": resamples, "eval_overrides": eval_overrides or {},
+                "device": str(device),
                 "units": len(unit_ids), "wall_s": round(time.time() - started, 2),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, out_dir / "eval_info.json")
     print(text + f"\nreports: {out_dir}")
