@@ -12,9 +12,12 @@ one patient are correlated; resampling them independently would give too narrow 
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # A metric (or class) defined in fewer than this fraction of the resamples gets no interval:
 # percentiles of a handful of values would be noise.
@@ -41,6 +44,37 @@ def resample_weights(n: int, resamples: int, rng: np.random.Generator,
     if inverse is None:
         return counts, "record", n_units
     return counts[:, inverse], "patient", n_units
+
+
+def class_preserving_weights(y_true: np.ndarray, resamples: int, rng: np.random.Generator,
+                             groups: Sequence | None = None, max_draws: int = 100) -> tuple[np.ndarray, str, int, float]:
+    """``resample_weights``, keeping only resamples in which every class that has positives (and
+    negatives) in the data still has at least one of each, as the PTB-XL benchmark's bootstrap
+    does (Strodthoff et al. 2021, ``get_appropriate_bootstrap_samples``). Otherwise a rare class
+    drops out of a resample's macro average, and the macro values of those resamples (which skip
+    its usually low score) pull the interval away from the estimate it belongs to.
+
+    Draws batches of ``resamples`` until enough are kept, at most ``max_draws`` batches; when a
+    class is too rare for that, falls back to unconditional resamples (acceptance reported as 0).
+    Returns (W, unit, n_units, acceptance rate).
+    """
+    y = (np.asarray(y_true) > 0).astype(np.int64)
+    needs_pos, needs_neg = y.any(0), (y == 0).any(0)
+    kept, kept_n, drawn = [], 0, 0
+    for _ in range(max_draws):
+        W, unit, n_units = resample_weights(len(y), resamples, rng, groups)
+        drawn += resamples
+        pos = W @ y
+        neg = W.sum(1, keepdims=True) - pos
+        ok = (pos[:, needs_pos] > 0).all(1) & (neg[:, needs_neg] > 0).all(1)
+        kept.append(W[ok])
+        kept_n += int(ok.sum())
+        if kept_n >= resamples:
+            return np.concatenate(kept)[:resamples], unit, n_units, kept_n / drawn
+    log.warning("bootstrap: only %d of %d resamples keep every class (a class is very rare); using unconditional "
+                "resamples, so macro-average intervals mix different class sets", kept_n, drawn)
+    W, unit, n_units = resample_weights(len(y), resamples, rng, groups)
+    return W, unit, n_units, 0.0
 
 
 def _ranking_metrics(y: np.ndarray, score: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +189,7 @@ def bootstrap_cis(y_true: np.ndarray, probs: np.ndarray, decisions: np.ndarray, 
     y_true, probs, decisions = np.asarray(y_true), np.asarray(probs), np.asarray(decisions)
     n = len(y_true)
     rng = np.random.default_rng(seed)
-    W, unit, n_units = resample_weights(n, resamples, rng, groups)
+    W, unit, n_units, acceptance = class_preserving_weights(y_true, resamples, rng, groups)
     m = metrics_from_weights(y_true, probs, decisions, W, multilabel)
 
     scalars = {k: v for k, v in m.items() if v.ndim == 1}
@@ -172,7 +206,7 @@ def bootstrap_cis(y_true: np.ndarray, probs: np.ndarray, decisions: np.ndarray, 
     ci = _interval(np.column_stack([scalars[k] for k in names]), level)
     return {
         "resamples": int(resamples), "level": float(level), "seed": int(seed),
-        "unit": unit, "n_units": n_units,
+        "unit": unit, "n_units": n_units, "class_preserving": acceptance > 0, "acceptance": round(acceptance, 4),
         "ci": {k: _json_pair(ci[i]) for i, k in enumerate(names)},
         "per_class": {k: [_json_pair(row) for row in _interval(m[k], level)]
                       for k in ("auroc", "auprc", "f1")},

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Optional
 
+import torch
+
 from . import data, losses, models, optim  # noqa: F401  (registration)
 from .config import check_schema
 from .registry import (AUGMENTATIONS, DATASETS, LOSSES, MODELS, OPTIMIZERS, SAMPLERS, SCHEDULERS,
@@ -54,6 +56,10 @@ def resolve_config(cfg: dict) -> dict:
         raise ConfigError(f"schedule: warmup_epochs + cooldown_epochs ({sched['warmup_epochs']} + "
                           f"{sched['cooldown_epochs']}) exceed train.epochs ({cfg['train']['epochs']}); "
                           "shorten them, e.g. --opts schedule.cooldown_epochs=1")
+    # the optimizer and schedule factories check their settings (lr > 0, ...): build them on a dummy
+    # parameter now, so a bad value is named before any data is read
+    probe = build("optimizer", cfg, params=[torch.nn.Parameter(torch.zeros(1))])
+    build("schedule", cfg, optimizer=probe, steps_per_epoch=1000, epochs=cfg["train"]["epochs"])
     return cfg
 
 

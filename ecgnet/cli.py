@@ -1,7 +1,8 @@
 """Command-line entry points (tools/*.py and the ecgnet-* console scripts call these).
 
-User mistakes (ConfigError, DataError) print one line and exit with code 2;
-programming errors keep their traceback.
+User mistakes (ConfigError, DataError) and what the machine refuses (OSError: a full disk, a
+read-only folder) print one line and exit with code 2; Ctrl-C exits with 130 and says how to
+continue; programming errors keep their traceback.
 """
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ def guarded(fn: Callable[[], None]) -> int:
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume RUN_DIR", file=sys.stderr)
+    except OSError as err:       # one not caught where it happened (those name the fix)
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}; check the path, its permissions and the free disk space",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        what_now = getattr(err, "what_now", None)     # set by training: how to continue
+        print(f"interrupted; {what_now}" if what_now else "interrupted", file=sys.stderr)
         return 130
     return 0
 
@@ -44,17 +51,19 @@ def train_main(argv: list[str] | None = None) -> int:
 
     def run():
         from .config import load_config
-        from .engine.run import resume, train
         if args.resume:
             if args.config or args.opts or args.folds or args.work_dir:
                 raise ConfigError("--resume: uses the run's saved config; drop --config/--opts/--folds/--work-dir")
+            from .engine.run import resume
             run_dir = resume(args.resume)
         else:
             if not args.config:
                 raise ConfigError("--config: required (or --resume RUN_DIR)")
             if args.folds is not None and args.folds < 0:
                 raise ConfigError("--folds: must be >= 0")
-            run_dir = train(load_config(args.config, args.opts), work_dir=args.work_dir, folds=args.folds)
+            cfg = load_config(args.config, args.opts)   # before torch is imported: a typo is reported at once
+            from .engine.run import train
+            run_dir = train(cfg, work_dir=args.work_dir, folds=args.folds)
         print(f"run directory: {run_dir}")
     return guarded(run)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ class PreprocessCfg:
     filter_order: int = 3
     normalize: Literal["per_lead", "per_record", "none"] = "per_lead"   # per_lead: mean/std fitted on train
     cache_dir: Optional[str] = "~/.cache/ecgnet"   # decoded + preprocessed records; null = no cache
+    # signal QC of each record as it is read (ecgnet/data/qc.py): {} = defaults, {enabled: false} = off
+    qc: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -106,6 +109,47 @@ TOP_LEVEL: dict[str, Any] = {"name": Optional[str], "seed": int, "work_dir": str
 TOP_DEFAULTS: dict[str, Any] = {"name": None, "seed": 0, "work_dir": "runs", "augment": []}
 
 
+def _at_least(low):
+    return (lambda v: v >= low), f">= {low}"
+
+
+def _above(low):
+    return (lambda v: v > low), f"> {low}"
+
+
+def _between(low, high):
+    return (lambda v: low < v < high), f"between {low} and {high} (exclusive)"
+
+
+# Limits of numeric settings, checked when a config is read, so a bad value is named here instead of
+# failing deep inside torch or numpy; an optional setting may also be null.
+LIMITS: dict[str, tuple] = {
+    "seed": _at_least(0),
+    "split.val_fraction": _between(0, 1),
+    "split.test_fraction": _between(0, 1),
+    "preprocess.fs": _above(0),
+    "preprocess.filter_order": _at_least(1),
+    "input.window_s": _above(0),
+    "input.eval_stride_s": _above(0),
+    "input.max_length_s": _above(0),
+    "train.epochs": _at_least(1),
+    "train.batch_size": _at_least(1),
+    "train.eval_batch_size": _at_least(1),
+    "train.num_workers": _at_least(0),
+    "train.clip_grad_norm": _above(0),           # null: no clipping
+    "train.early_stop_patience": _at_least(1),   # null: no early stopping
+    "thresholds.default": _between(0, 1),
+    "kfold.folds": _at_least(0),
+    "eval.bootstrap": _at_least(0),
+}
+
+# Settings that name a file or folder. ``load_config`` makes relative ones absolute against the
+# directory the command runs in (as a shell would), so the config.yaml and checkpoints a run stores
+# work from any directory later; ``~/...`` stays as written.
+PATH_SETTINGS = ("work_dir", "data.root", "data.split_file", "data.qc_cache", "preprocess.cache_dir",
+                 "model.init_from")
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; check the path")
@@ -153,6 +197,9 @@ def load_yaml_tree(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: _base_ must be a path or a list of paths")
     merged: dict = {}
     for base in bases:
+        if not (path.parent / base).is_file():   # name the file that asks for it
+            raise ConfigError(f"{path}: _base_ {base!r} not found (paths are relative to this file: "
+                              f"{path.parent / base}); fix the path")
         merged = merge(merged, load_yaml_tree(path.parent / base, _seen + (path,)))
     return merge(merged, data)
 
@@ -196,6 +243,11 @@ def _check_plain_section(name: str, schema: type, value: Any) -> dict:
     return out
 
 
+def _or_null(section: str, leaf: str) -> str:
+    annotation = typing.get_type_hints(PLAIN_SECTIONS[section])[leaf] if section else TOP_LEVEL[leaf]
+    return " or null" if type(None) in typing.get_args(annotation) else ""
+
+
 def check_schema(cfg: dict) -> dict:
     """Validate top-level keys and plain sections, filling in defaults. Component sections
     are only checked for shape here; their settings are checked by ``resolve_config``."""
@@ -206,8 +258,22 @@ def check_schema(cfg: dict) -> dict:
     out: dict = {}
     for key, annotation in TOP_LEVEL.items():
         out[key] = check_type(cfg.get(key, TOP_DEFAULTS[key]), annotation, key)
+    name = out["name"]
+    if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name):
+        raise ConfigError(f"name: {name!r} must be a plain folder name (no '/' or '..'); the run goes to "
+                          "work_dir/<name>, choose the folder with work_dir or --work-dir")
     for key, schema in PLAIN_SECTIONS.items():
         out[key] = _check_plain_section(key, schema, cfg.get(key))
+    for key, (ok, text) in LIMITS.items():
+        section, _, leaf = key.rpartition(".")
+        value = (out[section] if section else out)[leaf]
+        if value is not None and not ok(value):
+            raise ConfigError(f"{key}: must be {text}{_or_null(section, leaf)}, got {value!r}")
+    bandpass = out["preprocess"]["bandpass_hz"]
+    if bandpass is not None and not (len(bandpass) == 2 and all(isinstance(f, (int, float)) for f in bandpass)
+                                     and 0 < bandpass[0] < bandpass[1]):
+        raise ConfigError(f"preprocess.bandpass_hz: expected [low, high] with 0 < low < high (Hz), "
+                          f"or null for no filter, got {bandpass!r}")
     for key in COMPONENT_SECTIONS:
         if key in cfg:
             out[key] = cfg[key]
@@ -223,10 +289,54 @@ def load_config(path: str | Path, opts: list[str] | None = None, name: str | Non
     The run name defaults to the config file's stem.
     """
     cfg = merge(load_yaml_tree(path), parse_opts(opts or []))
-    cfg = check_schema(cfg)
+    cfg = absolute_paths(check_schema(cfg))
     if cfg["name"] is None:
         cfg["name"] = name or Path(path).stem
     return cfg
+
+
+def absolute_paths(cfg: dict) -> dict:
+    """Make the relative paths of ``PATH_SETTINGS`` absolute against the current directory (in place)."""
+    for key in PATH_SETTINGS:
+        section, _, leaf = key.rpartition(".")
+        node = lookup(cfg, section) if section else cfg
+        value = node.get(leaf) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not value.startswith("~"):
+            node[leaf] = os.path.abspath(value)
+    return cfg
+
+
+def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs (a key missing on one side differs)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in dict.fromkeys([*a, *b]):
+            where = f"{prefix}.{key}" if prefix else str(key)
+            if key not in a or key not in b:
+                out.append(where)
+            else:
+                out += config_diff(a[key], b[key], where)
+        return out
+    return [] if a == b else [prefix]
+
+
+def describe_changes(keys: list[str], old: dict, new: dict, limit: int = 6) -> str:
+    """``"model.dropout (0.2 -> 0.5), optimizer.lr (0.001 -> 0.01)"`` for a one-line message."""
+    def short(value):
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    shown = [f"{key} ({short(lookup(old, key))} -> {short(lookup(new, key))})" for key in keys[:limit]]
+    return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def lookup(cfg: dict, key: str, default: Any = None) -> Any:
+    """``lookup(cfg, "model.dropout")``; ``default`` where a level is missing."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def dump_config(cfg: dict, path: str | Path) -> None:

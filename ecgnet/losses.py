@@ -43,6 +43,12 @@ def _weights(value: Union[str, Sequence[float], None], class_counts: Sequence[in
     return torch.tensor(value, dtype=torch.float32)
 
 
+def _smoothing(value: float) -> float:
+    if not 0 <= value < 1:
+        raise ConfigError(f"loss.label_smoothing: must be in [0, 1), got {value}")
+    return value
+
+
 def _need(multilabel: bool, wanted: bool, name: str) -> None:
     if multilabel != wanted:
         task, other = ("multi-label", "bce, weighted_bce or focal") if multilabel else ("single-label", "ce, weighted_ce or focal")
@@ -83,7 +89,7 @@ class CELoss(nn.Module):
     def __init__(self, multilabel: bool, class_counts: Sequence[int], label_smoothing: float = 0.0):
         super().__init__()
         _need(multilabel, False, "ce")
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = _smoothing(label_smoothing)
 
     def forward(self, logits, targets):
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
@@ -98,7 +104,7 @@ class WeightedCELoss(nn.Module):
         super().__init__()
         _need(multilabel, False, "weighted_ce")
         self.register_buffer("weight", _weights(weight, class_counts, "loss.weight"))
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = _smoothing(label_smoothing)
 
     def forward(self, logits, targets):
         return F.cross_entropy(logits.float(), targets, weight=self.weight, label_smoothing=self.label_smoothing)

@@ -20,7 +20,8 @@ class ConfigError(ValueError):
 
 
 class DataError(ValueError):
-    """Dataset files that are missing, malformed or inconsistent with the config."""
+    """Files that are missing, malformed, inconsistent with the config or cannot be written:
+    datasets, checkpoints, run and report folders."""
 
 
 def hint(word: Any, choices: Iterable[str]) -> str:

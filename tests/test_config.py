@@ -105,7 +105,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.yaml: line \d+ is not valid YAML"):
         load_config(bad)
     missing_base = write(tmp_path / "c.yaml", "_base_: gone.yaml\n")
-    with pytest.raises(ConfigError, match="gone.yaml: config file not found"):
+    with pytest.raises(ConfigError, match="c.yaml: _base_ 'gone.yaml' not found"):   # names the including file
         load_config(missing_base)
 
 

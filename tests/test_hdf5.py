@@ -458,7 +458,8 @@ def test_19class_full_length_cfg_runs_on_variable_length_records(tmp_path):
 def test_pediatric_cfgs_resolve_with_their_settings():
     cfgs = {p.stem: p for p in (REPO / "cfgs/pediatric").glob("*.yaml")}
     base = resolve_config(load_config(cfgs["se_resnet1d_baseline_bce"]))
-    assert base["data"]["root"] == "data/pediatric/pediatric.h5" and base["thresholds"]["tune"] is False
+    # relative roots are stored absolute, resolved against the directory the command runs from
+    assert base["data"]["root"] == str(Path.cwd() / "data/pediatric/pediatric.h5") and base["thresholds"]["tune"] is False
     assert base["split"]["val_fraction"] == base["split"]["test_fraction"] == 0.2
     over = resolve_config(load_config(cfgs["se_resnet1d_oversample_tuned"]))
     assert over["sampler"]["type"] == "oversample" and over["thresholds"]["tune"]

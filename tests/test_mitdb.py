@@ -16,7 +16,7 @@ from ecgnet.config import PreprocessCfg, load_config
 from ecgnet.data.dataset import load_signals
 from ecgnet.data.kaggle_csv import KaggleHeartbeatCSV
 from ecgnet.data.mitdb import (AAMI_CLASS_OF, AAMI_CLASSES, DS1, DS2, MITDB, PACED, SKIP_EDGE, SKIP_MISSING,
-                               SKIP_PACED, export_kaggle_csv, kaggle_beat_lengths)
+                               SKIP_OUTSIDE, SKIP_PACED, dat_frames, export_kaggle_csv, kaggle_beat_lengths)
 from ecgnet.data.splits import assert_disjoint, make_splits
 from ecgnet.engine.run import prepare_data
 from ecgnet.registry import ConfigError, DataError
@@ -350,3 +350,27 @@ def test_real_beat_totals_match_the_database_readme():
     assert np.bincount(inter.labels[inter.folds == 1], minlength=5).tolist() == [45866, 944, 3788, 415, 8]
     assert np.bincount(inter.labels[inter.folds == 2], minlength=5).tolist() == [44259, 1837, 3221, 388, 7]
     assert {i.split(":")[0] for i in inter.ids} == set(DS1) | set(DS2)
+
+
+def test_dat_frames_follows_the_format_and_annotations_past_the_end_are_left_out(db_copy):
+    header = wfdb.rdheader(str(db_copy / "100"))
+    assert dat_frames(db_copy, header, "100.dat") == N_SAMPLES              # format 212, 2 signals: 3 bytes a frame
+    (db_copy / "100.dat").write_bytes((db_copy / "100.dat").read_bytes()[:3 * 1000 + 2])
+    assert dat_frames(db_copy, header, "100.dat") == 1000
+    # an .atr with beats past the end of a consistent record: left out and listed, never zero-filled
+    beats = beat_samples("101")
+    wfdb.wrann("101", "atr", np.concatenate([beats, [N_SAMPLES + 50, N_SAMPLES + 400]]),
+               symbol=["N"] * (len(beats) + 2), write_dir=str(db_copy))
+    records = MITDB(str(db_copy), split_mode="intra", record_names=["101"], edge="drop").records()
+    assert records.skipped[SKIP_OUTSIDE] == [f"101:{N_SAMPLES + 50:06d}", f"101:{N_SAMPLES + 400:06d}"]
+    assert records.skipped[SKIP_EDGE] == [f"101:{beats[0]:06d}", f"101:{beats[-1]:06d}"]   # edge beats as before
+    with pytest.raises(DataError, match="101.atr: 2 beat.s. annotated outside the 8640 samples of 101.hea"):
+        MITDB(str(db_copy), split_mode="intra", record_names=["101"], strict=True).records()
+
+
+@real
+def test_real_records_pass_the_file_checks(caplog):
+    """No real record has a .dat/.hea length mismatch or a beat annotated outside its signal."""
+    with caplog.at_level(logging.WARNING, logger="ecgnet"):
+        records = MITDB(str(REAL), split_mode="intra").records()
+    assert SKIP_OUTSIDE not in records.skipped and caplog.records == []

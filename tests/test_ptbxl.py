@@ -242,12 +242,13 @@ def test_cache_hit_reads_nothing_and_a_changed_record_rebuilds(ptbxl, tmp_path, 
     reads.clear()
     records, again = load_signals(PTBXL(str(ptbxl), task="all"), preprocess_cfg(cache), "ptbxl")
     assert reads == [] and all(np.array_equal(a, b) for a, b in zip(first, again))
-    path = write_record(ptbxl, 4, 100, np.full((12, 1000), 0.5, np.float32))
+    changed = (0.5 + 0.1 * np.sin(np.arange(1000) / 7.0))[None].repeat(12, 0).astype(np.float32)  # not flat: QC keeps it
+    path = write_record(ptbxl, 4, 100, changed)
     stat = os.stat(f"{path}.dat")
     os.utime(f"{path}.dat", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))   # coarse-clock file systems
     _, rebuilt = load_signals(PTBXL(str(ptbxl), task="all"), preprocess_cfg(cache), "ptbxl")
     assert len(reads) == len(ON_DISK)
-    assert np.allclose(rebuilt[records.ids.index("4")], 0.5)
+    assert np.allclose(rebuilt[records.ids.index("4")], changed, atol=1e-3)   # WFDB stores 1/1000 mV
     assert len([p for p in cache.iterdir() if not p.name.endswith(".tmp")]) == 2
 
 

@@ -68,7 +68,8 @@ def read_reference(path: Path) -> pd.DataFrame:
     if len(bad):
         row = bad.index[0]
         raise DataError(f"{path}: line {row + 1}: label {table.at[row, 'label']!r} of {table.at[row, 'record']} "
-                        f"is not one of {' '.join(CLASSES)}")
+                        f"is not one of {' '.join(CLASSES)}; correct that line or restore the file "
+                        "(experiments/cinc17/setup.sh)")
     dup = table["record"][table["record"].duplicated()]
     if len(dup):
         raise DataError(f"{path}: record {dup.iloc[0]} is listed twice")

@@ -33,8 +33,11 @@ abbreviations (``IAVB``, ``AF``, ..., ``NSR``), merged pairs joined by ``|``; ``
 holds the representative SNOMED CT code of each column. Unscored codes are ignored; codes in
 neither table are ignored too, and counted in one warning. Records whose codes are all unscored
 stay as all-zero rows (``keep_unscored: true``, as the challenge kept them in its data; they
-add nothing to the challenge score, and teach the model to answer nothing for them);
-``keep_unscored: false`` leaves them out (``skipped["no scored diagnosis"]``).
+add nothing to the challenge score, and teach the model to answer nothing for them; their count
+is logged); ``keep_unscored: false`` leaves them out (``skipped["no scored diagnosis"]``).
+A record with no code of either table (an empty ``#Dx`` or only unknown codes) has no known
+label at all, so it is left out (``skipped["no known #Dx code"]``) rather than taken as "no
+scored diagnosis".
 
 Groups: the challenge publishes no patient ids, so each record is its own group. Some sources
 hold several records per patient (PTB: 516 records from 290 patients; St Petersburg: 74 from 32),
@@ -167,6 +170,9 @@ class CinC2020(ECGAdapter):
                 continue
             codes = [c.strip() for c in info["Dx"].split(",") if c.strip()]
             unknown.update(c for c in codes if c not in known_codes)
+            if not any(c in known_codes for c in codes):     # an all-zero row would claim "nothing scored"
+                skipped.setdefault("no known #Dx code", []).append(rid)
+                continue
             fold, source = source_of(rid)
             rows.append({"id": rid, "age": float(pd.to_numeric(info.get("Age", "NaN"), errors="coerce")),
                          "sex": info.get("Sex"), "source": source, "fold": fold, "dx": ",".join(codes),
@@ -175,15 +181,18 @@ class CinC2020(ECGAdapter):
             log.warning("%s: %d Dx code(s) in neither dx_mapping table were ignored: %s", self.root,
                         sum(unknown.values()), ", ".join(f"{c} ({n}x)" for c, n in unknown.most_common(10)))
         if not rows:
-            raise DataError(f"{self.root}: no readable CinC 2020 records (.hea with .mat and #Dx); "
+            raise DataError(f"{self.root}: no readable CinC 2020 records (.hea with .mat and a known #Dx code); "
                             f"download them with {SETUP}")
         info = pd.DataFrame(rows).set_index("id")
         labels = multi_hot([dx.split(",") for dx in info["dx"]], self.class_codes)
+        scored = labels.any(axis=1)
         if not self.keep_unscored:
-            scored = labels.any(axis=1)
             if not scored.all():
                 skipped["no scored diagnosis"] = info.index[~scored].tolist()
             info, labels = info[scored], labels[scored]
+        elif not scored.all():
+            log.info("%s: %d record(s) with only unscored diagnoses kept as all-zero label rows (keep_unscored: "
+                     "true)", self.root, int((~scored).sum()))
         ids = info.index.tolist()
         records = RecordSet(ids=ids, groups=list(ids),   # no patient ids are published: one group per record
                             labels=labels.astype(np.float32), class_names=list(self.class_names), fs=self.fs,

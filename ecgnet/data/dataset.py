@@ -6,9 +6,11 @@ back to one prediction per record.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -17,28 +19,52 @@ from tqdm import tqdm
 
 from ..registry import DataError
 from .base import ECGAdapter, RecordSet
-from .cache import cache_dir_for, code_fingerprint, read_cache, write_cache
+from .cache import CacheWriteError, InvalidEntry, cache_dir_for, code_fingerprint, read_cache, write_cache
+from .qc import PREPROCESS_DEFAULTS, QCSettings, qc_record
+from .qc import REASONS as QC_REASONS
 from .transforms import Normalizer, crop_or_pad, preprocess, random_crop, resampled_length, window_starts
 
 log = logging.getLogger(__name__)
 
 
-def _read_each(adapter: ECGAdapter, fs: float, cfg: dict, progress: bool):
-    """Yield (id, preprocessed signal or None, failure reason or None) per record; a record
-    that cannot be read is a failure unless the adapter is strict."""
+def _read_each(adapter: ECGAdapter, fs: float, cfg: dict, qc: QCSettings, physical: bool, progress: bool):
+    """Yield (id, preprocessed signal or None, failure reason or None) per record. A record that
+    cannot be read, or fails QC (``qc``, at the source rate, before any preprocessing; the reason is
+    one of ``qc.REASONS``), is a failure unless the adapter is strict, which makes it an error."""
     records = adapter.records()
+    leads, patched = len(records.leads), 0
     for i in tqdm(range(len(records.ids)), desc="reading records", disable=not progress, leave=False):
+        rid = records.ids[i]
         try:
             x = adapter.load(i)
-            if x.ndim != 2 or x.shape[0] != len(records.leads) or x.shape[1] == 0 or not np.isfinite(x).all():
-                raise DataError(f"record {records.ids[i]}: expected finite ({len(records.leads)} leads, samples), "
-                                f"got shape {x.shape}")
+            if x.ndim != 2 or x.shape[0] != leads:
+                raise DataError(f"record {rid}: expected ({leads} leads, samples), got shape {x.shape}")
+            reason = qc_record(x.T, records.fs, qc, physical)
+            if reason and adapter.strict:
+                raise DataError(f"record {rid} fails QC ({reason}); fix it, relax preprocess.qc "
+                                "or set data.strict: false")
         except DataError as err:
             if adapter.strict:
                 raise
-            yield records.ids[i], None, str(err)
+            yield rid, None, str(err)
             continue
-        yield records.ids[i], np.ascontiguousarray(preprocess(x, fs, cfg), dtype=np.float32), None
+        if reason:
+            yield rid, None, reason
+            continue
+        if not np.isfinite(x).all():              # within QC's allowance, or QC off: served as 0
+            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+            patched += 1
+        y = np.ascontiguousarray(preprocess(x, fs, cfg), dtype=np.float32)
+        if not np.isfinite(y).all():              # never cache (or train on) NaN/inf
+            error = f"record {rid}: preprocessing produced NaN/inf; check preprocess.fs and preprocess.bandpass_hz"
+            if adapter.strict:
+                raise DataError(error)
+            yield rid, None, error
+            continue
+        yield rid, y, None
+    if patched:
+        log.warning("%d record(s) have NaN/inf samples that preprocess.qc lets through; they are served as 0",
+                    patched)
 
 
 class LazySignals(Sequence):
@@ -72,48 +98,99 @@ def record_length(signals: Sequence[np.ndarray], i: int) -> int:
 
 def load_signals(adapter: ECGAdapter, cfg: dict, dataset: str = "data",
                  progress: bool = False) -> tuple[RecordSet, Sequence[np.ndarray]]:
-    """Every readable record, preprocessed per the ``preprocess`` section, as float32
-    (leads, samples), with the RecordSet reduced to those records.
+    """Every readable record that passes QC, preprocessed per the ``preprocess`` section, as
+    float32 (leads, samples), with the RecordSet reduced to those records.
 
-    With a ``preprocess.cache_dir`` and an adapter that has a ``cache_key``, the result is
-    read from (or first written to) the memory-mapped cache. Unreadable records are
-    skipped, counted and listed in one warning (an error when the adapter is strict).
+    QC (``cfg["qc"]``, see ``ecgnet.data.qc``; a dict without the key, as built by hand, checks
+    nothing) runs on each record as it is read. With a ``preprocess.cache_dir`` and an adapter that
+    has a ``cache_key``, the result is read from (or first written to) the memory-mapped cache.
+    Unreadable records and records that fail QC are skipped, listed in ``RecordSet.skipped`` by
+    reason and logged with counts (an error when the adapter is strict).
     """
     records = adapter.records()
     if adapter.lazy:                 # the adapter checked its records when it listed them
         return records, LazySignals(adapter, cfg)
+    qc = QCSettings.from_cfg(cfg["qc"], "preprocess.qc", **PREPROCESS_DEFAULTS) if "qc" in cfg \
+        else QCSettings(enabled=False)
+    physical = getattr(adapter, "signal_units", "mV") == "mV"   # the QC thresholds are in mV
+
+    def read():
+        return _read_each(adapter, records.fs, cfg, qc, physical, progress)
+
     key = adapter.cache_key()
-    path = cache_dir_for(cfg["cache_dir"], dataset, key, cfg, code_fingerprint(adapter)) \
-        if cfg.get("cache_dir") and key else None
-    cached = read_cache(path) if path else None
-    if cached is not None and cached[0] != list(records.ids):
-        log.warning("cache %s lists other records than the dataset; rebuilding it", path)
-        cached = None
-    if cached is None and path:
-        write_cache(path, _read_each(adapter, records.fs, cfg, progress), len(records.leads))
-        cached = read_cache(path)
-        log.info("preprocessed %d records into the cache %s", len(cached[1]), path)
-    elif cached is not None:
-        log.info("read %d preprocessed records from the cache %s", len(cached[1]), path)
+    cached = None
+    if cfg.get("cache_dir") and key:
+        path = cache_dir_for(cfg["cache_dir"], dataset, key, cfg, code_fingerprint(adapter),
+                             qc={**dataclasses.asdict(qc), "physical": physical})
+        cached = _cached(path, records, read)
     if cached is not None:
-        _, signals, failed = cached
+        signals, failed = cached
     else:
         signals, failed = [], {}
-        for rid, x, reason in _read_each(adapter, records.fs, cfg, progress):
+        for rid, x, reason in read():
             signals.append(x)
             if x is None:
                 failed[rid] = reason
     if failed:
-        if adapter.strict:
-            raise DataError(f"{len(failed)} record(s) could not be read (cached from an earlier run), e.g. "
-                            f"{next(iter(failed.values()))}; fix them or set data.strict: false")
-        reasons = list(failed.values())
-        log.warning("skipped %d unreadable record(s): %s%s", len(failed), "; ".join(reasons[:5]),
-                    " ..." if len(reasons) > 5 else "")
-        keep = np.array([i for i, rid in enumerate(records.ids) if rid not in failed], dtype=np.int64)
-        records = records.select(keep, "unreadable")
-        signals = [signals[i] for i in keep]
+        records, signals = _leave_out(adapter, records, signals, failed)
     return records, signals
+
+
+def _cached(path: Path, records: RecordSet, read: Callable) -> Optional[tuple[list[np.ndarray], dict]]:
+    """The verified cache entry at ``path``, built first when it is absent or unusable; None (with a
+    warning) when the cache folder cannot take it, so the caller reads without the cache."""
+    ids, leads = list(records.ids), len(records.leads)
+    try:
+        cached = read_cache(path, ids, leads)
+    except InvalidEntry as why:
+        log.warning("cache entry %s is unusable: %s; rebuilding it", path, why)
+        cached = None
+    if cached is not None:
+        log.info("read %d preprocessed records from the cache %s", len(ids), path)
+        return cached
+    try:
+        write_cache(path, read(), leads)
+        cached, why = read_cache(path, ids, leads), "another process removed it meanwhile"
+    except (CacheWriteError, InvalidEntry) as err:     # InvalidEntry: another process replaced it meanwhile
+        cached, why = None, err
+    if cached is None:
+        log.warning("preprocess.cache_dir: cannot write the cache entry %s (%s); reading the records without "
+                    "the cache this run. Make the folder writable, point preprocess.cache_dir at a writable "
+                    "folder, or set it to null", path, why)
+        return None
+    log.info("preprocessed %d records into the cache %s", len(ids), path)
+    return cached
+
+
+def _leave_out(adapter: ECGAdapter, records: RecordSet, signals: Sequence, failed: dict):
+    """Drop the records in ``failed`` ({id: reason}), listed in ``skipped`` under their QC reason or
+    ``unreadable``, with one warning line per kind."""
+    if adapter.strict:               # only a cache built without strict holds failures
+        rid, reason = next(iter(failed.items()))
+        raise DataError(f"{len(failed)} record(s) could not be read or fail QC (cached from an earlier run), "
+                        f"e.g. {rid}: {reason}; fix them, relax preprocess.qc or set data.strict: false")
+    unreadable = [reason for reason in failed.values() if reason not in QC_REASONS]
+    if unreadable:
+        log.warning("skipped %d unreadable record(s): %s%s", len(unreadable), "; ".join(unreadable[:5]),
+                    " ..." if len(unreadable) > 5 else "")
+    by_reason: dict[str, list[str]] = {}
+    for rid in records.ids:                      # dataset order
+        if rid in failed:
+            by_reason.setdefault(failed[rid] if failed[rid] in QC_REASONS else "unreadable", []).append(rid)
+    rejected = {reason: rids for reason, rids in by_reason.items() if reason in QC_REASONS}
+    if rejected:
+        counts = [f"{len(rids)} {reason} (e.g. {', '.join(rids[:3])})" for reason, rids in rejected.items()]
+        log.warning("QC rejected %d of %d record(s): %s", sum(map(len, rejected.values())), len(records.ids),
+                    "; ".join(counts))
+    keep = np.array([i for i, rid in enumerate(records.ids) if rid not in failed], dtype=np.int64)
+    if not len(keep):
+        counts = ", ".join(f"{len(rids)} {reason}" for reason, rids in by_reason.items())
+        raise DataError(f"no record left of {len(records.ids)} ({counts}); check the data (the log names each "
+                        "record) or relax preprocess.qc")
+    kept = records.select(keep)
+    for reason, rids in by_reason.items():
+        kept.skipped.setdefault(reason, []).extend(rids)
+    return kept, [signals[i] for i in keep]
 
 
 class TrainWindows(torch.utils.data.Dataset):

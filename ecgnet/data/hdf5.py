@@ -33,26 +33,13 @@ Settings:
 * ``fs``: the standard rate (default: the file's ``fs`` attribute). A record at another rate
   (``/fs``) is resampled to it (``fs_policy: resample``, polyphase) or left out
   (``fs_policy: reject``, ``skipped["qc: non-standard fs"]``).
-* ``qc``: signal quality control, one streaming pass over the file in ``records()`` (a block
-  of records at a time, never the whole file); each rejected record is listed under its first
-  failing reason in ``RecordSet.skipped`` (logged with counts):
-
-  - ``qc: missing or flat lead``: more than ``max_bad_leads`` leads that are all NaN (missing)
-    or have a standard deviation below ``flat_std_mv`` (disconnected electrode);
-  - ``qc: NaN/inf samples``: more than ``max_nonfinite_fraction`` of the samples of the
-    remaining leads are NaN or inf (those within the allowance are served as 0);
-  - ``qc: amplitude artefact``: more than ``max_amplitude_fraction`` of the samples lie further
-    than ``amplitude_mv`` from their lead's median (saturation, electrode pops);
-  - ``qc: high-frequency noise``: the share of signal power above ``hf_cutoff_hz`` among all
-    power above 0.5 Hz (all leads pooled, mean removed) exceeds ``max_hf_ratio`` (muscle or
-    mains noise; checked only when the record's rate exceeds 2 x ``hf_cutoff_hz``). A clean
-    ECG has 0.01-0.05, white noise of 0.2 mV on a 1 mV ECG about 0.5;
-  - ``empty record``: no samples.
-
-  ``amplitude_mv: null`` or ``max_hf_ratio: null`` turns one criterion off, ``enabled: false``
-  all of them. The result is cached as a small JSON file in ``qc_cache`` keyed by the file's
-  fingerprint (name, size, mtime) and the QC settings. With ``strict: true`` any rejected
-  record is an error.
+* ``qc``: signal quality control (:mod:`ecgnet.data.qc`: missing or flat lead, NaN/inf samples,
+  amplitude artefact, high-frequency noise, empty record), one streaming pass over the file in
+  ``records()`` (a block of records at a time, never the whole file); each rejected record is
+  listed under its first failing reason in ``RecordSet.skipped`` (logged with counts).
+  ``enabled: false`` turns it off (empty records are still left out). The result is cached as a
+  small JSON file in ``qc_cache`` keyed by the file's fingerprint (name, size, mtime) and the QC
+  settings. With ``strict: true`` any rejected record is an error.
 
 Reading is lazy (``lazy = True``): ``load(i)`` reads one record or window from the file, and
 nothing is kept, so memory stays flat however large the file; each process (DataLoader
@@ -67,8 +54,6 @@ import logging
 import os
 import tempfile
 import time
-import typing
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -76,9 +61,12 @@ from typing import Literal, Optional
 import h5py
 import numpy as np
 
-from ..registry import DATASETS, ConfigError, DataError, check_type, hint
+from ..registry import DATASETS, ConfigError, DataError
 from .base import ECGAdapter, RecordSet
 from .cache import file_fingerprint
+# the reasons are re-exported: hdf5.REASON_* name the keys of RecordSet.skipped
+from .qc import (REASON_AMPLITUDE, REASON_EMPTY, REASON_FLAT, REASON_FS, REASON_HF,  # noqa: F401
+                 REASON_NONFINITE, QCSettings, qc_record)
 from .transforms import crop_or_pad, resample, resampled_length
 
 log = logging.getLogger(__name__)
@@ -90,36 +78,7 @@ QC_BLOCK_BYTES = 16 << 20          # the QC pass reads at most this much at once
 HANDLE_CACHE_BYTES = 4 << 20       # h5py chunk cache per open file
 PACK_HINT = "write it with tools/pack_hdf5.py (see experiments/pediatric/README.md)"
 
-REASON_FS = "qc: non-standard fs"
-REASON_FLAT = "qc: missing or flat lead"
-REASON_NONFINITE = "qc: NaN/inf samples"
-REASON_AMPLITUDE = "qc: amplitude artefact"
-REASON_HF = "qc: high-frequency noise"
-REASON_EMPTY = "empty record"
 REASON_SHORT = "shorter than one window"
-
-
-@dataclass(frozen=True)
-class QCSettings:
-    """The ``data.qc`` mapping; see the module docstring for each criterion."""
-    enabled: bool = True
-    flat_std_mv: float = 0.01
-    max_bad_leads: int = 0
-    max_nonfinite_fraction: float = 0.0
-    amplitude_mv: Optional[float] = 10.0
-    max_amplitude_fraction: float = 0.01
-    hf_cutoff_hz: float = 40.0
-    max_hf_ratio: Optional[float] = 0.5
-
-    @classmethod
-    def from_cfg(cls, cfg: Optional[dict]) -> "QCSettings":
-        types = typing.get_type_hints(cls)
-        values = {}
-        for key, value in (cfg or {}).items():
-            if key not in types:
-                raise ConfigError(f"data.qc.{key}: not a QC setting{hint(key, types)}")
-            values[key] = check_type(value, types[key], f"data.qc.{key}")
-        return cls(**values)
 
 
 @dataclass
@@ -256,41 +215,6 @@ def _offsets(f: h5py.File, n: int, total: int, path: Path) -> np.ndarray:
 
 
 # ---- quality control ----
-
-def qc_record(x: np.ndarray, fs: float, qc: QCSettings) -> Optional[str]:
-    """The first QC criterion ``x`` (samples, leads) fails, or None when it passes."""
-    if x.shape[0] == 0:
-        return REASON_EMPTY
-    finite = np.isfinite(x)
-    all_finite = bool(finite.all())
-    missing = ~finite.any(axis=0)
-    if all_finite:
-        std, centre = x.std(axis=0), np.median(x, axis=0)
-    else:
-        masked = np.where(finite, x, np.nan)
-        with warnings.catch_warnings():          # all-NaN leads warn; they are counted below
-            warnings.simplefilter("ignore", RuntimeWarning)
-            std, centre = np.nanstd(masked, axis=0), np.nanmedian(masked, axis=0)
-    bad = missing | ~(std >= qc.flat_std_mv)
-    if bad.sum() > qc.max_bad_leads:
-        return REASON_FLAT
-    present = ~missing
-    if not all_finite and (~finite[:, present]).mean() > qc.max_nonfinite_fraction:
-        return REASON_NONFINITE
-    use = present & ~bad
-    if not use.any():
-        return None
-    xs = np.where(finite[:, use], x[:, use], centre[use]) - centre[use]
-    if qc.amplitude_mv is not None and (np.abs(xs) > qc.amplitude_mv).mean() > qc.max_amplitude_fraction:
-        return REASON_AMPLITUDE
-    if qc.max_hf_ratio is not None and fs > 2 * qc.hf_cutoff_hz and len(xs) > 1:
-        power = np.abs(np.fft.rfft(xs - xs.mean(axis=0), axis=0)) ** 2
-        freqs = np.fft.rfftfreq(len(xs), 1 / fs)
-        total = power[freqs > 0.5].sum()
-        if total > 0 and power[freqs > qc.hf_cutoff_hz].sum() / total > qc.max_hf_ratio:
-            return REASON_HF
-    return None
-
 
 def _blocks(layout: Layout, row_bytes: int) -> list[tuple[int, int]]:
     """Consecutive record ranges of at most QC_BLOCK_BYTES each (or one record)."""

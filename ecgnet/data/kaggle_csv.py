@@ -54,9 +54,11 @@ def read_kaggle_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         table = pd.read_csv(path, header=None, dtype=np.float64)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not a Kaggle heartbeat CSV ({str(err).splitlines()[0]})") from None
+        raise DataError(f"{path}: not a Kaggle heartbeat CSV ({str(err).splitlines()[0]}); every row holds "
+                        f"{SAMPLES} samples and a label") from None
     if table.shape[1] != SAMPLES + 1:
-        raise DataError(f"{path}: {table.shape[1]} columns, expected {SAMPLES} samples + 1 label")
+        raise DataError(f"{path}: {table.shape[1]} columns, expected {SAMPLES} samples + 1 label; check data.root "
+                        "and data.files point at the Kaggle heartbeat CSVs")
     values = table.to_numpy()
     return values[:, :SAMPLES].astype(np.float32), values[:, SAMPLES]
 

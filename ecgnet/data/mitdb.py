@@ -21,7 +21,22 @@ record to ``fs``:
   for the procedure and where it differs from theirs.
 
 A beat whose window crosses the start or end of its record is zero-padded there
-(``edge: pad``) or left out and listed in ``skipped`` (``edge: drop``).
+(``edge: pad``) or left out and listed in ``skipped`` (``edge: drop``). A beat whose R peak lies
+outside the signal the header describes is always left out and listed (``SKIP_OUTSIDE``), never
+zero-filled.
+
+File checks: the ``.dat`` size is compared with the header's sample count (wfdb's own rule,
+bytes per sample of the format). A ``.dat`` holding more samples than the header says is read as
+far as the header says (with a warning naming the file; beats annotated past that end are left
+out as above); one holding fewer is truncated, so each of that record's beats fails to load with
+a message naming the file, and is counted by the framework. ``strict: true`` makes either an error.
+
+Missing samples (NaN, WFDB's invalid-sample value) are handled before the whole-record band-pass
+would spread them over the record: every gap is filled by linear interpolation, and a beat whose
+window touches a gap longer than ``max_gap_s`` (default 0.02 s, 7 samples at 360 Hz: a dropout,
+not a QRS, which a straight line would erase) fails to load (counted by the framework as
+unreadable, with the reason); beats on or next to short gaps are kept. Each affected record is
+logged once with its gap counts.
 
 Splits (``split_mode``):
 
@@ -52,6 +67,7 @@ from typing import Literal, Optional, Sequence
 
 import numpy as np
 import wfdb
+from wfdb.io._signal import BYTES_PER_SAMPLE
 
 from ..metrics import aami_metrics, is_aami
 from ..registry import DATASETS, ConfigError, DataError
@@ -84,6 +100,7 @@ KAGGLE_PERIODS = 1.2           # a beat runs from its R peak for 1.2 T
 SKIP_MISSING = "source record with missing files"
 SKIP_UNREADABLE = "source record with unreadable header or annotations"
 SKIP_EDGE = "beat window crosses the record edge"
+SKIP_OUTSIDE = "beat annotated outside the signal the header describes"
 SKIP_PACED = "paced source record (not in DS1/DS2)"
 SKIP_NOT_DS = "source record not in DS1/DS2"
 
@@ -106,6 +123,24 @@ def kaggle_beat_lengths(r_peaks: np.ndarray, fs: float) -> np.ndarray:
     return np.minimum(np.round(KAGGLE_PERIODS * period).astype(np.int64), KAGGLE_SAMPLES)
 
 
+def dat_frames(folder: Path, header, file_name: str) -> Optional[int]:
+    """Frames (samples per signal) that signal file ``file_name`` of a WFDB ``header`` holds, from
+    its size, as wfdb infers a length a header leaves out; None for compressed (FLAC) formats."""
+    signals = [k for k, f in enumerate(header.file_name) if f == file_name]
+    bytes_per_sample = BYTES_PER_SAMPLE.get(str(header.fmt[signals[0]]), 0)
+    if not bytes_per_sample:
+        return None
+    per_frame = sum((header.samps_per_frame or [1] * len(header.file_name))[k] or 1 for k in signals)
+    offset = (header.byte_offset or [0] * len(header.file_name))[signals[0]] or 0
+    return int((os.path.getsize(folder / file_name) - offset) // (bytes_per_sample * per_frame))
+
+
+def gap_runs(missing: np.ndarray) -> np.ndarray:
+    """(start, stop) of each run of True in a 1-D boolean array, shape (runs, 2)."""
+    edges = np.diff(np.concatenate([[0], missing.astype(np.int8), [0]]))
+    return np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], axis=1)
+
+
 def minmax01(x: np.ndarray) -> np.ndarray:
     """Scale to [0, 1]; a flat segment becomes zeros."""
     low, high = float(x.min()), float(x.max())
@@ -126,13 +161,16 @@ class MITDB(ECGAdapter):
         split_mode: ``inter`` (DS1 = fold 1, DS2 = fold 2, grouped by record) or ``intra``
             (beats grouped individually: a random split mixes each patient's beats).
         record_names: only these source records (default: all in RECORDS).
+        max_gap_s: missing (NaN) runs up to this long are interpolated and their beats kept; beats
+            touching a longer run are dropped (counted).
+        strict: a bad file is an error instead of a counted skip.
     """
 
     def __init__(self, root: str, lead: str = "MLII", preset: Literal["none", "kaggle"] = "none",
                  window_s: Optional[Sequence[float]] = None, fs: Optional[float] = None,
                  edge: Literal["pad", "drop"] = "pad", bandpass_hz: Optional[Sequence[float]] = None,
                  filter_order: int = 3, split_mode: Literal["intra", "inter"] = "inter",
-                 record_names: Optional[Sequence[str]] = None, strict: bool = False):
+                 record_names: Optional[Sequence[str]] = None, max_gap_s: float = 0.02, strict: bool = False):
         if preset == "kaggle":
             if window_s is not None:
                 raise ConfigError("data.window_s: the kaggle preset cuts R peak -> R peak + 1.2 x median RR "
@@ -146,11 +184,13 @@ class MITDB(ECGAdapter):
             raise ConfigError(f"data.fs: must be positive, got {fs}")
         if bandpass_hz is not None and len(bandpass_hz) != 2:
             raise ConfigError(f"data.bandpass_hz: give [low, high] in Hz or null, got {bandpass_hz}")
+        if max_gap_s < 0:
+            raise ConfigError(f"data.max_gap_s: must be 0 or more seconds, got {max_gap_s}")
         self.root = Path(os.path.expanduser(root))
         self.lead, self.preset, self.edge, self.split_mode = lead, preset, edge, split_mode
         self.fs = KAGGLE_FS if preset == "kaggle" else float(fs or 360.0)
         self.bandpass_hz = None if bandpass_hz is None else [float(f) for f in bandpass_hz]
-        self.filter_order, self.strict = filter_order, strict
+        self.filter_order, self.strict, self.max_gap_s = filter_order, strict, float(max_gap_s)
         self.record_names = None if record_names is None else [str(r) for r in record_names]
         if preset == "kaggle":
             self.before, self.length = 0, KAGGLE_SAMPLES
@@ -161,7 +201,7 @@ class MITDB(ECGAdapter):
         self.record_length_s = self.length / self.fs
         self._records: Optional[RecordSet] = None
         self._sources: list[dict] = []          # per source record: name, path, fs, dat file
-        self._current: tuple[int, object] = (-1, None)   # (source index, signal or DataError)
+        self._current: tuple[int, object] = (-1, None)   # (source index, (signal, long-gap count) or DataError)
 
     # ---- record list ----
     def records(self) -> RecordSet:
@@ -218,10 +258,20 @@ class MITDB(ECGAdapter):
         if self.lead not in header.sig_name:
             skipped.setdefault(f"source record without lead {self.lead}", []).append(name)
             return None
-        return header, annotation
+        dat = header.file_name[header.sig_name.index(self.lead)]
+        frames = dat_frames(self.root, header, dat)
+        if frames is not None and frames != header.sig_len:
+            problem = f"{self.root / dat}: holds {frames} samples per signal, {name}.hea says {header.sig_len}"
+            if self.strict:
+                raise DataError(f"{problem}; restore both files with experiments/mitdb/setup.sh")
+            log.warning("%s; %s", problem, "only the header's samples are read" if frames > header.sig_len
+                        else "the file is truncated, so the beats of the record fail to load")
+        return header, annotation, frames
 
-    def _beats(self, name: str, header, annotation) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-        """-> (ids, AAMI class index, start, stop) of the record's beats; start/stop at self.fs."""
+    def _beats(self, name: str, header, annotation) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray,
+                                                             np.ndarray]:
+        """-> (ids, AAMI class index, start, stop, R peak at the source rate) of the record's beats;
+        start/stop at self.fs."""
         symbols = np.asarray(annotation.symbol)
         is_beat = np.isin(symbols, list(AAMI_CLASS_OF))
         samples = np.asarray(annotation.sample, np.int64)[is_beat]
@@ -233,7 +283,7 @@ class MITDB(ECGAdapter):
             start = r_peaks - self.before
             stop = start + self.length
         ids = [f"{name}:{s:06d}" for s in samples]
-        return ids, labels, start, stop
+        return ids, labels, start, stop, samples
 
     def _scan(self) -> RecordSet:
         skipped: dict = {}
@@ -243,13 +293,24 @@ class MITDB(ECGAdapter):
             meta = self._read_meta(name, skipped)
             if meta is None:
                 continue
-            header, annotation = meta
-            beat_ids, beat_labels, beat_start, beat_stop = self._beats(name, header, annotation)
-            n_out = resampled_length(header.sig_len, header.fs, self.fs)
-            inside = (beat_start >= 0) & (beat_stop <= n_out)
-            keep = inside if self.edge == "drop" else np.ones(len(beat_ids), bool)
+            header, annotation, frames = meta
+            beat_ids, beat_labels, beat_start, beat_stop, peaks = self._beats(name, header, annotation)
+            # a beat annotated where the decoded signal has no samples would be all zeros with a real label
+            keep = (peaks >= 0) & (peaks < header.sig_len)
             if not keep.all():
-                skipped.setdefault(SKIP_EDGE, []).extend(i for i, k in zip(beat_ids, keep) if not k)
+                problem = (f"{self.root / name}.atr: {int((~keep).sum())} beat(s) annotated outside the "
+                           f"{header.sig_len} samples of {name}.hea")
+                if self.strict:
+                    raise DataError(f"{problem}; restore the files with experiments/mitdb/setup.sh")
+                log.warning("%s; left out", problem)
+                skipped.setdefault(SKIP_OUTSIDE, []).extend(i for i, k in zip(beat_ids, keep) if not k)
+            if self.edge == "drop":
+                n_out = resampled_length(header.sig_len, header.fs, self.fs)
+                inside = keep & (beat_start >= 0) & (beat_stop <= n_out)
+                at_edge = keep & ~inside
+                if at_edge.any():
+                    skipped.setdefault(SKIP_EDGE, []).extend(i for i, k in zip(beat_ids, at_edge) if k)
+                keep = inside
             kept_ids = [i for i, k in zip(beat_ids, keep) if k]
             ids += kept_ids
             groups += kept_ids if self.split_mode == "intra" else [name] * len(kept_ids)
@@ -259,7 +320,8 @@ class MITDB(ECGAdapter):
             start.append(beat_start[keep])
             stop.append(beat_stop[keep])
             self._sources.append({"name": name, "path": self.root / name, "fs": float(header.fs),
-                                  "sig_len": int(header.sig_len), "files": list(header.file_name)})
+                                  "sig_len": int(header.sig_len), "frames": frames,
+                                  "files": list(header.file_name)})
         if not ids:
             raise DataError(f"{self.root}: no beats found (lead {self.lead}, split_mode {self.split_mode}); "
                             f"left out: { {k: len(v) for k, v in skipped.items()} }")
@@ -271,8 +333,9 @@ class MITDB(ECGAdapter):
                          skipped=skipped)
 
     # ---- signals ----
-    def _signal(self, src: int) -> np.ndarray:
-        """The lead of source record ``src``, band-passed and resampled to self.fs; read once per record."""
+    def _signal(self, src: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """(lead of source record ``src`` band-passed and resampled to self.fs, cumulative count of
+        long-gap samples at the source rate or None); read once per record."""
         if self._current[0] != src:
             self._current = (src, self._read_signal(self._sources[src]))
         signal = self._current[1]
@@ -282,6 +345,10 @@ class MITDB(ECGAdapter):
 
     def _read_signal(self, meta: dict):
         path = meta["path"]
+        if meta["frames"] is not None and meta["frames"] < meta["sig_len"]:
+            # wfdb would fail with a numpy broadcast error; say what is wrong instead
+            return DataError(f"{path}.dat: holds {meta['frames']} samples, the header says {meta['sig_len']}; "
+                             "the file is truncated, restore it with experiments/mitdb/setup.sh")
         try:
             record = wfdb.rdrecord(str(path), channel_names=[self.lead])
         except (OSError, ValueError) as err:
@@ -289,18 +356,49 @@ class MITDB(ECGAdapter):
         if record.p_signal is None or record.p_signal.shape != (meta["sig_len"], 1):
             got = None if record.p_signal is None else record.p_signal.shape[0]
             return DataError(f"{path}.dat: {got} samples of {self.lead}, header says {meta['sig_len']}")
-        x = record.p_signal.T.astype(np.float32)
+        x = record.p_signal[:, 0].astype(np.float64)
+        long_gaps = None
+        missing = ~np.isfinite(x)
+        if missing.any():
+            if missing.all():
+                return DataError(f"{path}.dat: every {self.lead} sample is missing (NaN)")
+            # fill every gap so the band-pass and resampling do not spread NaN over the whole record;
+            # beats touching a gap longer than max_gap_s are dropped in load()
+            t = np.arange(len(x))
+            x[missing] = np.interp(t[missing], t[~missing], x[~missing])
+            runs = gap_runs(missing)
+            lengths = runs[:, 1] - runs[:, 0]
+            long = runs[lengths > self.max_gap_s * meta["fs"]]
+            in_long = np.zeros(len(x), np.int64)
+            for a, b in long:
+                in_long[a:b] = 1
+            long_gaps = np.concatenate([[0], np.cumsum(in_long)])
+            log.info("%s.dat: %d missing (NaN) sample(s) of %s in %d gap(s): %d gap(s) up to %g s interpolated, "
+                     "beats touching the %d longer one(s) are dropped", path, int(missing.sum()), self.lead,
+                     len(runs), len(runs) - len(long), self.max_gap_s, len(long))
+        x = x[None].astype(np.float32)
         if self.bandpass_hz is not None:
             x = bandpass(x, meta["fs"], self.bandpass_hz[0], self.bandpass_hz[1], self.filter_order)
-        return resample(x, meta["fs"], self.fs)[0]
+        return resample(x, meta["fs"], self.fs)[0], long_gaps
 
     def load(self, index: int) -> np.ndarray:
         """Beat ``index`` as float32 (1, samples): mV (preset none) or [0, 1] (kaggle), zero-padded."""
         self.records()
-        signal = self._signal(int(self._source[index]))
+        src = int(self._source[index])
+        signal, long_gaps = self._signal(src)
         start, stop = int(self._start[index]), int(self._stop[index])
+        if long_gaps is not None:      # the window, at the source rate and clipped to the record
+            ratio = self._sources[src]["fs"] / self.fs
+            a = min(max(int(np.floor(start * ratio)), 0), len(long_gaps) - 1)
+            b = min(max(int(np.ceil(stop * ratio)), 0), len(long_gaps) - 1)
+            if long_gaps[b] > long_gaps[a]:
+                raise DataError(f"{self._sources[src]['path']}.dat: beat {self._records.ids[index]} touches a "
+                                f"gap of missing samples longer than max_gap_s {self.max_gap_s:g} s")
         segment = signal[max(start, 0):min(stop, len(signal))]
-        if self.preset == "kaggle" and len(segment):
+        if not len(segment):           # never a zero-filled beat with a real label
+            raise DataError(f"{self._sources[src]['path']}.dat: beat {self._records.ids[index]} lies outside "
+                            "the decoded signal")
+        if self.preset == "kaggle":
             segment = minmax01(segment)
         out = np.zeros((1, self.length), np.float32)
         offset = max(-start, 0)
@@ -315,7 +413,8 @@ class MITDB(ECGAdapter):
             files += [self.root / f for f in meta["files"]]
         settings = {"lead": self.lead, "preset": self.preset, "fs": self.fs, "window_s": self.window_s,
                     "edge": self.edge, "bandpass_hz": self.bandpass_hz, "filter_order": self.filter_order,
-                    "split_mode": self.split_mode, "record_names": self.record_names, "version": 1}
+                    "split_mode": self.split_mode, "record_names": self.record_names,
+                    "max_gap_s": self.max_gap_s, "version": 2}
         return json.dumps({"files": file_fingerprint(sorted(set(files))), "settings": settings}, sort_keys=True)
 
     def dataset_metrics(self, y_true: np.ndarray, probs: np.ndarray, decisions: np.ndarray) -> dict:

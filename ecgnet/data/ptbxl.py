@@ -42,7 +42,11 @@ is the centre, and the window is shifted inwards where it would leave the record
 without a detected beat raises DataError, so it is counted and skipped like an unreadable one.
 
 Files listed in the csv but absent from disk are left out (``skipped["file missing on disk"]``);
-an unreadable .hea/.dat raises DataError from ``load``.
+an unreadable .hea/.dat raises DataError from ``load``, and so does a record that is not one
+complete 10 s PTB-XL record: a header that gives another length, a ``.dat`` whose size does not
+match its header (truncated, or longer than the header says, which wfdb would silently cut).
+The framework counts and skips such records (an error with ``strict``); missing (NaN) samples
+are left to its QC (``preprocess.qc``).
 """
 from __future__ import annotations
 
@@ -242,21 +246,42 @@ class PTBXL(ECGAdapter):
         try:
             signal, meta = wfdb.rdsamp(str(path))
         except (OSError, ValueError) as err:    # wfdb: FileNotFoundError, HeaderSyntaxError, short .dat
-            raise DataError(f"{path}.dat/.hea: unreadable ({err})") from None
+            problem = self._length_problem(path)   # wfdb's own message for a short .dat is a numpy one
+            raise DataError(f"{path}: {problem}" if problem else f"{path}.dat/.hea: unreadable ({err})") from None
+        problem = self._length_problem(path, meta["sig_len"], meta["n_sig"])
+        if problem:
+            raise DataError(f"{path}: {problem}")
         names = [str(n).upper() for n in meta["sig_name"]]
         if names != [lead.upper() for lead in LEADS] or float(meta["fs"]) != self.fs:
             raise DataError(f"{path}.hea: expected the 12 standard leads at {self.fs} Hz, got {names} "
                             f"at {meta['fs']} Hz")
         x = np.ascontiguousarray(signal.T, dtype=np.float32)
-        if self.segment == "qrs":
-            length = int(round(self.segment_s * self.fs))
-            if x.shape[1] < length:
-                raise DataError(f"{path}.dat: {x.shape[1]} samples, shorter than segment_s {self.segment_s:g} s")
-            cut = qrs_segment(np.nan_to_num(x), self.fs, length)
+        if self.segment == "qrs":       # every record is 10 s long (checked above), segment_s at most 10 s
+            cut = qrs_segment(np.nan_to_num(x), self.fs, int(round(self.segment_s * self.fs)))
             if cut is None:
                 raise DataError(f"{path}.dat: no beat detected on lead II (gqrs), so no QRS segment")
             x = np.ascontiguousarray(cut)
         return x
+
+    def _length_problem(self, path: Path, sig_len: int | None = None, n_sig: int | None = None) -> str | None:
+        """Why ``path`` is not one complete 10 s record, or None: the header's length, and the .dat
+        size, which wfdb does not check when the file is longer than the header says."""
+        if sig_len is None:
+            try:
+                header = wfdb.rdheader(str(path))
+            except (OSError, ValueError):
+                return None
+            sig_len, n_sig = header.sig_len, header.n_sig
+        expected = int(round(RECORD_S * self.fs))
+        if sig_len != expected:
+            return (f"{path.name}.hea says {sig_len} samples, a PTB-XL record has {expected} "
+                    f"({RECORD_S:g} s at {self.fs} Hz)")
+        dat = Path(f"{path}.dat")
+        size = dat.stat().st_size if dat.is_file() else 0
+        if size != sig_len * n_sig * 2:     # PTB-XL ships every record as WFDB format 16: 2 bytes a sample
+            return (f"{dat.name} holds {size // (2 * n_sig)} samples per lead, {path.name}.hea says {sig_len} "
+                    f"(truncated, or not this record's file); restore it with {SETUP}")
+        return None
 
     def cache_key(self) -> str:
         files = [self.database, self.statements] + [Path(f"{p}{ext}") for p in self.paths for ext in (".hea", ".dat")]

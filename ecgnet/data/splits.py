@@ -33,8 +33,10 @@ def holdout(records: RecordSet, index: np.ndarray, fraction: float, seed: int) -
     if not 0 < fraction < 1:
         raise ConfigError(f"split: a fraction must be between 0 and 1, got {fraction}")
     patients, y, inverse = _patients(records, index)
-    if len(patients) < 2:
-        raise DataError(f"cannot split {len(patients)} patient(s) into two parts; the dataset is too small")
+    held = int(np.ceil(fraction * len(patients)))   # how sklearn sizes the held-out part
+    if len(patients) < 2 or held >= len(patients):
+        raise DataError(f"split: cannot hold out {fraction:g} of {len(patients)} patient(s) and keep some; "
+                        "lower the fraction or use more data")
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
     keep_p, held_p = next(splitter.split(np.zeros(len(patients)), y))
     held_mask = np.isin(inverse, held_p)
@@ -57,15 +59,27 @@ def kfold(records: RecordSet, index: np.ndarray, k: int, seed: int) -> list[tupl
 def _predefined(records: RecordSet, cfg: dict) -> dict[str, np.ndarray]:
     if records.folds is None:
         raise ConfigError("split.type: 'predefined' needs a dataset with its own folds; use 'random'")
+    chosen = {part: cfg[f"{part}_folds"] for part in ("train", "val", "test")}
+    for part in ("train", "test"):
+        if chosen[part] is None:
+            raise ConfigError(f"split.{part}_folds: required with split.type 'predefined', e.g. [10]")
+    # a fold named in two parts would put the same records on both sides
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = sorted(set(chosen[a] or []) & set(chosen[b] or []), key=str)
+        if shared:
+            raise ConfigError(f"split.{b}_folds: fold(s) {shared} are also in split.{a}_folds; "
+                              "give each fold to one part only")
+    values, counts = np.unique(records.folds, return_counts=True)
+    available = ", ".join(f"{v} ({c})" for v, c in zip(values.tolist(), counts.tolist()))
     out = {}
-    for part in ("train", "val", "test"):
-        folds = cfg[f"{part}_folds"]
-        if folds is None and part == "val":   # no validation fold: hold out val_fraction of train
+    for part, folds in chosen.items():
+        if folds is None:                      # no validation fold: hold out val_fraction of train
             out[part] = None
             continue
-        if folds is None:
-            raise ConfigError(f"split.{part}_folds: required with split.type 'predefined', e.g. [10]")
         out[part] = np.flatnonzero(np.isin(records.folds, folds))
+        if not len(out[part]):
+            raise ConfigError(f"split.{part}_folds: {list(folds)} select no records; the dataset's folds "
+                              f"(records) are {available}")
     if out["val"] is None:
         out["train"], out["val"] = holdout(records, out["train"], cfg["val_fraction"], cfg["seed"] + 1)
     return out
@@ -90,7 +104,9 @@ def make_splits(records: RecordSet, cfg: dict, kfolds: int = 0) -> dict:
     for k, (train, val) in enumerate(folds):
         for name, part in (("train", train), ("val", val), ("test", test)):
             if len(part) == 0:
-                raise DataError(f"split: fold {k} has an empty {name} split; adjust the split settings")
+                where = f"fold {k} of --folds {kfolds} has" if kfolds and kfolds > 1 else "the split has"
+                raise DataError(f"split: {where} no {name} records ({len(everything)} records in all); "
+                                f"change the split settings ({cfg['type']}) or use more data")
         assert_disjoint(records, {"train": train, "val": val, "test": test})
     return {"test": test, "folds": folds}
 

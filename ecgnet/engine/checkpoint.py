@@ -1,8 +1,10 @@
 """Checkpoints: atomic writes, safe loads, RNG state capture."""
 from __future__ import annotations
 
+import io
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +16,26 @@ FORMAT = 1
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write to a temp file, then rename: a reader (or a crash) sees the old file or the new one."""
+    """Write to a temp file, then rename: a reader (or a crash) sees the old file or the new one.
+    A failed write (full disk, read-only folder) removes the temp file and keeps the old one."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)    # serialised in memory: torch's file writer reports a full disk as a RuntimeError
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())          # on disk before the rename, so a power cut cannot leave an empty file
+        os.replace(tmp, path)
+    except BaseException as err:          # also Ctrl-C mid-write
+        tmp.unlink(missing_ok=True)
+        if not isinstance(err, OSError):
+            raise
+        run_dir = path.parent.parent if re.fullmatch(r"fold\d+", path.parent.name) else path.parent
+        then = (f"the previous {path.name} is unchanged; free disk space or make the folder writable, then "
+                f"continue with --resume {run_dir}" if path.is_file() else
+                "free disk space or make the folder writable, then start again")
+        raise DataError(f"{path}: cannot write the checkpoint ({err.strerror or err}); {then}") from None
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import sys
 import typing
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..bootstrap import bootstrap_cis
 from ..build import build, resolve_config
-from ..config import EvalCfg, load_config
+from ..config import EvalCfg, config_diff, describe_changes, load_config
 from ..data.base import RecordSet
 from ..data.dataset import EvalWindows
 from ..data.transforms import Normalizer
@@ -72,6 +73,42 @@ def score(y: np.ndarray, probs: np.ndarray, decisions: np.ndarray, groups: np.nd
     return metrics
 
 
+# ``evaluate --config`` may move the data (that is what it is for); every other setting of these
+# sections shapes the signals the model sees and must match its checkpoint
+INPUT_SECTIONS = ("data", "preprocess", "input")
+DATA_LOCATION = {"data.root", "data.qc_cache", "data.split_file", "data.strict", "preprocess.cache_dir"}
+
+
+def _checked_config(cfg: dict, path: Path) -> dict:
+    """A checkpoint's config, checked like a user's (it is read from a file) and with the defaults of
+    settings added since it was written."""
+    try:
+        return resolve_config(cfg)
+    except ConfigError as err:
+        raise DataError(f"{path}: the config stored in this checkpoint is not valid ({err})") from None
+
+
+def _check_same_input(cfg: dict, trained: dict, config: str | Path, ckpt: Path) -> None:
+    changed = [key for key in config_diff(trained, cfg)
+               if key.split(".")[0] in INPUT_SECTIONS and key not in DATA_LOCATION]
+    if changed:
+        raise ConfigError(f"--config {config}: changes the input the model saw in training "
+                          f"({describe_changes(changed, trained, cfg)}); only where the data lives (data.root) "
+                          f"may differ from the config in {ckpt}")
+
+
+def _check_writable(out_dir: Path, flag: str) -> None:
+    existing = out_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DataError(f"{flag}: cannot write the report to {out_dir}: {existing} is a file; choose another "
+                        "--out directory")
+    if not os.access(existing, os.W_OK):
+        raise DataError(f"{flag}: cannot write the report to {out_dir}: {existing} is not writable; choose "
+                        "another --out directory")
+
+
 def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None = None,
              config: str | Path | None = None, eval_overrides: dict | None = None) -> dict:
     """``split`` defaults to the config's ``eval.split`` (test). Writes ``<out>/metrics.json`` (all
@@ -88,7 +125,11 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
         if not s.get("finished"):
             raise DataError(f"{p}: training did not finish (no tuned thresholds); "
                             f"finish it with tools/train.py --resume {run_dir}")
-    cfg = resolve_config(load_config(config)) if config else states[0]["config"]
+    trained = _checked_config(states[0]["config"], paths[0])
+    cfg = trained
+    if config:
+        cfg = resolve_config(load_config(config))
+        _check_same_input(cfg, trained, config, paths[0])
     if eval_overrides:
         known = {f.name for f in dataclasses.fields(EvalCfg)}
         for key, value in eval_overrides.items():
@@ -97,20 +138,26 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
             check_type(value, typing.get_type_hints(EvalCfg)[key], f"eval.{key}")
         cfg = {**cfg, "eval": {**cfg["eval"], **eval_overrides}}
     split = split or cfg["eval"]["split"]
-    aggregate = cfg["eval"].get("aggregate", "mean")      # checkpoints from before these settings existed
-    resamples = cfg["eval"].get("bootstrap", 1000)
-    if not isinstance(resamples, int) or resamples < 0:
+    aggregate = cfg["eval"]["aggregate"]
+    resamples = cfg["eval"]["bootstrap"]
+    if resamples < 0:
         raise ConfigError(f"eval.bootstrap: must be a whole number >= 0 (0 turns CIs off), got {resamples!r}")
+    # reports go under the run directory or --out, never where a checkpoint's config points: the
+    # folder name is built from checked settings only (split: test|val, eval.* overrides); an override
+    # gets its own folder, so it never replaces the run's own report (eval/<split>)
+    suffix = "".join(f"_{k}-{v}" for k, v in sorted((eval_overrides or {}).items()))
+    out_dir = Path(out) if out else run_dir / "eval" / f"{split}{suffix}"
+    _check_writable(out_dir, "--out" if out else "--ckpt")   # before minutes of inference
     data = prepare_data(cfg)
     records = data.records
     if list(records.class_names) != states[0]["class_names"]:
         raise DataError(f"{paths[0]}: trained on classes {states[0]['class_names']}, but the data has "
                         f"{list(records.class_names)}")
+    if list(records.leads) != states[0]["leads"] or data.fs != states[0]["fs"]:
+        raise DataError(f"{paths[0]}: trained on leads {states[0]['leads']} at {states[0]['fs']} Hz, but the data "
+                        f"gives {list(records.leads)} at {data.fs} Hz; use the data settings it was trained with")
     device = resolve_device(cfg["train"]["device"])
     dtype = amp_dtype(cfg["train"]["amp"], device)
-    # an override gets its own folder, so it never replaces the run's own report (eval/<split>)
-    suffix = "".join(f"_{k}-{v}" for k, v in sorted((eval_overrides or {}).items()))
-    out_dir = Path(out) if out else run_dir / "eval" / f"{split}{suffix}"
     names = [p.parent.name if len(paths) > 1 else "model" for p in paths]
     curves, results, probs_all, decisions_all = {}, {}, [], []
 

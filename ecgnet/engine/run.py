@@ -21,22 +21,25 @@ import torch
 
 from .. import __version__
 from ..build import build, resolve_config
-from ..config import check_schema, dump_config, load_yaml_tree
+from ..config import check_schema, config_diff, describe_changes, dump_config, load_yaml_tree
 from ..data.dataset import load_signals, record_length
 from ..data.splits import make_splits
 from ..registry import ConfigError, DataError
 from ..reports import write_json
 from .checkpoint import load_checkpoint, seed_everything
 from .predict import resolve_device
-from .trainer import PreparedData, Trainer
+from .trainer import PreparedData, Trainer, check_monitor
 
 log = logging.getLogger(__name__)
 
 
-def prepare_data(cfg: dict, progress: bool = False) -> PreparedData:
-    """Build the adapter, read its record list and load (or memory-map) every record once."""
+def prepare_data(cfg: dict, progress: bool = False, check_training: bool = False) -> PreparedData:
+    """Build the adapter, read its record list and load (or memory-map) every record once.
+    ``check_training``: refuse an unknown ``train.monitor`` before the signals are read."""
     adapter = build("data", cfg)
     records = adapter.records()
+    if check_training:
+        check_monitor(cfg["train"]["monitor"], records, adapter)
     fs = cfg["preprocess"]["fs"] or records.fs
     icfg = cfg["input"]
     if icfg["full_length"]:
@@ -67,10 +70,14 @@ def model_dirs(run_dir: Path, folds: int) -> list[Path]:
 def _new_run_dir(cfg: dict, work_dir: str | None) -> Path:
     if work_dir is not None:
         run_dir = Path(work_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"--work-dir {run_dir}: is a file, not a directory; choose a directory")
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ConfigError(f"--work-dir {run_dir}: already holds a run; continue it with --resume {run_dir} "
                               "or choose another directory")
         return run_dir
+    if Path(cfg["work_dir"]).exists() and not Path(cfg["work_dir"]).is_dir():
+        raise ConfigError(f"work_dir: {cfg['work_dir']} is a file, not a directory; set work_dir or --work-dir")
     base = Path(cfg["work_dir"]) / cfg["name"]
     run_dir, n = base, 1
     while run_dir.exists():          # never overwrite an earlier run
@@ -104,24 +111,69 @@ def train(cfg: dict, work_dir: str | None = None, folds: int | None = None) -> P
         cfg = {**cfg, "kfold": {**cfg.get("kfold", {}), "folds": folds}}
     cfg = resolve_config(cfg)
     run_dir = _new_run_dir(cfg, work_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.yaml")
-    write_json(_env(cfg), run_dir / "env.json")
+    created = not run_dir.exists()
     try:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, run_dir / "config.yaml")
+            write_json(_env(cfg), run_dir / "env.json")
+        except OSError as err:
+            where = f"--work-dir {work_dir}" if work_dir is not None else f"work_dir {cfg['work_dir']}"
+            raise DataError(f"{where}: cannot write the run directory {run_dir} ({err.strerror or err}); "
+                            "choose a writable directory") from None
         return _run(cfg, run_dir)
-    except (ConfigError, DataError):
-        if not any(run_dir.rglob("*.pt")):   # nothing trained yet: leave no half-made run behind
-            shutil.rmtree(run_dir, ignore_errors=True)
+    except BaseException as err:       # also Ctrl-C
+        saved = any(run_dir.rglob("*.pt"))
+        if not saved:                   # nothing trained yet: leave nothing that blocks --work-dir
+            _discard(run_dir, created)
+        if isinstance(err, KeyboardInterrupt):    # the CLI prints what to do next
+            err.what_now = f"continue with --resume {run_dir}" if saved else "nothing was saved; start again"
         raise
 
 
+def _discard(run_dir: Path, created: bool) -> None:
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for path in run_dir.iterdir():     # an empty directory the user made: keep it, empty again
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def resume(run_dir: str | Path) -> Path:
-    """Continue an interrupted run from its own config.yaml and last.pt files."""
+    """Continue an interrupted run from its own config.yaml and last.pt files, refusing a config.yaml
+    edited since the checkpoints were written."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    path = run_dir / "config.yaml"
+    if not path.is_file():
         raise ConfigError(f"--resume {run_dir}: no config.yaml there; pass the directory a run was started in")
-    cfg = resolve_config(check_schema(load_yaml_tree(run_dir / "config.yaml")))
-    return _run(cfg, run_dir)
+    try:
+        cfg = resolve_config(check_schema(load_yaml_tree(path)))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    for last in sorted(run_dir.glob("last.pt")) + sorted(run_dir.glob("fold*/last.pt")):
+        _check_unchanged(cfg, load_checkpoint(last)["config"], path, last)
+    try:
+        return _run(cfg, run_dir)
+    except KeyboardInterrupt as err:
+        err.what_now = f"continue with --resume {run_dir}"
+        raise
+
+
+def _check_unchanged(cfg: dict, trained: dict, path: Path, ckpt: Path) -> None:
+    """A resumed run must go on with the settings it started with: an edited config.yaml would mix
+    settings silently (the new dropout with the restored lr) and be recorded as if used throughout."""
+    try:
+        trained = resolve_config(trained)      # resolved: settings added to ecgnet since then get defaults
+    except ConfigError as err:
+        raise ConfigError(f"{ckpt}: its config does not fit this version of ecgnet ({err})") from None
+    changed = config_diff(trained, cfg)
+    if changed:
+        raise ConfigError(f"{path}: differs from the config {ckpt} was trained with: "
+                          f"{describe_changes(changed, trained, cfg)}; undo the edit to resume, or start a new "
+                          f"run from these weights with --config {path} --opts model.init_from={ckpt.parent}")
 
 
 def _record_wall_time(run_dir: Path, seconds: float) -> None:
@@ -133,18 +185,35 @@ def _record_wall_time(run_dir: Path, seconds: float) -> None:
     write_json(env, path)
 
 
+def _save_splits(splits: dict, path: Path) -> None:
+    """Write splits.json once; a resumed run must recompute exactly the same split (the same data,
+    config and code), or its models would be trained and ensembled on different partitions."""
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            raise DataError(f"{path}: not valid JSON; restore it from a backup (it records the run's split)") from None
+        if saved != splits:
+            raise DataError(f"{path}: the split recomputed from the data differs from the one this run was "
+                            "trained on (the data or the code changed); resume with the data it started "
+                            "with, or start a new run")
+        return
+    write_json(splits, path)
+
+
 def _run(cfg: dict, run_dir: Path) -> Path:
     handler = _log_to_file(run_dir)
     started = time.time()
     try:
         seed_everything(cfg["seed"])
-        data = prepare_data(cfg, progress=cfg["train"]["progress"] == "on" or sys.stderr.isatty())
+        data = prepare_data(cfg, progress=cfg["train"]["progress"] == "on" or sys.stderr.isatty(),
+                            check_training=True)
         folds = cfg["kfold"]["folds"]
         splits = make_splits(data.records, cfg["split"], folds)
         ids = np.asarray(data.records.ids)
-        write_json({"skipped": data.records.skipped, "test": ids[splits["test"]].tolist(),
-                    "folds": [{"train": ids[t].tolist(), "val": ids[v].tolist()} for t, v in splits["folds"]]},
-                   run_dir / "splits.json")
+        _save_splits({"skipped": data.records.skipped, "test": ids[splits["test"]].tolist(),
+                      "folds": [{"train": ids[t].tolist(), "val": ids[v].tolist()} for t, v in splits["folds"]]},
+                     run_dir / "splits.json")
         log.info("%d records (%s), %d classes, %d test; %d model(s)", len(ids),
                  "multi-label" if data.records.multilabel else "single-label", data.records.num_classes,
                  len(splits["test"]), len(splits["folds"]))
