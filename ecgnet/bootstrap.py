@@ -12,6 +12,7 @@ one patient are correlated; resampling them independently would give too narrow 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Callable, Sequence
 
@@ -46,20 +47,29 @@ def resample_weights(n: int, resamples: int, rng: np.random.Generator,
     return counts[:, inverse], "patient", n_units
 
 
+# Draw budget of the class-preserving resampling, in record draws (B x N per batch): about 10 s
+# here; deterministic (a count, not a time), so a run's intervals do not depend on the machine.
+MAX_RECORD_DRAWS = 2 * 10**8
+
+
 def class_preserving_weights(y_true: np.ndarray, resamples: int, rng: np.random.Generator,
-                             groups: Sequence | None = None, max_draws: int = 100) -> tuple[np.ndarray, str, int, float]:
+                             groups: Sequence | None = None, max_draws: int | None = None
+                             ) -> tuple[np.ndarray, str, int, float]:
     """``resample_weights``, keeping only resamples in which every class that has positives (and
     negatives) in the data still has at least one of each, as the PTB-XL benchmark's bootstrap
     does (Strodthoff et al. 2021, ``get_appropriate_bootstrap_samples``). Otherwise a rare class
     drops out of a resample's macro average, and the macro values of those resamples (which skip
     its usually low score) pull the interval away from the estimate it belongs to.
 
-    Draws batches of ``resamples`` until enough are kept, at most ``max_draws`` batches; when a
-    class is too rare for that, falls back to unconditional resamples (acceptance reported as 0).
-    Returns (W, unit, n_units, acceptance rate).
+    Draws batches of ``resamples`` until enough are kept, at most ``max_draws`` batches (default:
+    ``MAX_RECORD_DRAWS`` record draws, at least 100 batches); when classes are too rare for that
+    (a split with a dozen single-positive classes keeps about 1 resample in 700), falls back to
+    unconditional resamples (acceptance reported as 0). Returns (W, unit, n_units, acceptance rate).
     """
     y = (np.asarray(y_true) > 0).astype(np.int64)
     needs_pos, needs_neg = y.any(0), (y == 0).any(0)
+    if max_draws is None:
+        max_draws = max(100, MAX_RECORD_DRAWS // max(resamples * len(y), 1))
     kept, kept_n, drawn = [], 0, 0
     for _ in range(max_draws):
         W, unit, n_units = resample_weights(len(y), resamples, rng, groups)
@@ -172,6 +182,21 @@ def _json_pair(lo_hi: np.ndarray) -> list[float] | None:
     return None if np.isnan(lo_hi).any() else [float(lo_hi[0]), float(lo_hi[1])]
 
 
+_LAST_WEIGHTS: dict = {}
+
+
+def _weights(y_true: np.ndarray, groups: Sequence | None, resamples: int, seed: int):
+    """``class_preserving_weights`` for a seed, remembered for the next call with the same labels:
+    every model of a run is scored on the same resamples, so they are drawn once per evaluation."""
+    key = (hashlib.sha1(np.ascontiguousarray(y_true).tobytes()).hexdigest(), y_true.shape,
+           None if groups is None else hashlib.sha1("\0".join(map(str, groups)).encode()).hexdigest(),
+           resamples, seed)
+    if key not in _LAST_WEIGHTS:
+        _LAST_WEIGHTS.clear()
+        _LAST_WEIGHTS[key] = class_preserving_weights(y_true, resamples, np.random.default_rng(seed), groups)
+    return _LAST_WEIGHTS[key]
+
+
 def bootstrap_cis(y_true: np.ndarray, probs: np.ndarray, decisions: np.ndarray, multilabel: bool,
                   groups: Sequence | None = None, resamples: int = 1000, seed: int = 0,
                   level: float = 0.95,
@@ -188,8 +213,7 @@ def bootstrap_cis(y_true: np.ndarray, probs: np.ndarray, decisions: np.ndarray, 
         return None
     y_true, probs, decisions = np.asarray(y_true), np.asarray(probs), np.asarray(decisions)
     n = len(y_true)
-    rng = np.random.default_rng(seed)
-    W, unit, n_units, acceptance = class_preserving_weights(y_true, resamples, rng, groups)
+    W, unit, n_units, acceptance = _weights(y_true, groups, resamples, seed)
     m = metrics_from_weights(y_true, probs, decisions, W, multilabel)
 
     scalars = {k: v for k, v in m.items() if v.ndim == 1}

@@ -27,7 +27,7 @@ from ..reports import per_class_table, summary_table, write_json, write_model_re
 from ..thresholds import decide
 from .checkpoint import load_checkpoint
 from .predict import amp_dtype, predict, resolve_device, to_units
-from .run import prepare_data
+from .run import git_commit, prepare_data
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,12 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
     write_json(results, out_dir / "metrics.json")
     main = "ensemble_" + cfg["kfold"]["ensemble"] if f"ensemble_{cfg['kfold']['ensemble']}" in results else names[0]
     unit = "records" if records.units is None else "units (records regrouped from their windows)"
-    ci_note = (f"95 % CIs: percentile bootstrap, {resamples} resamples of "
-               f"{results[main]['bootstrap']['unit']}s" if resamples else "no CIs (eval.bootstrap: 0)")
+    ci_note = "no CIs (eval.bootstrap: 0)"
+    if resamples:
+        boot = results[main]["bootstrap"]
+        drawn = "patients" if boot["unit"] == "patient" else "scored units" if records.units else "records"
+        ci_note = (f"95 % CIs: percentile bootstrap, {resamples} resamples of {drawn}"
+                   + (", each keeping every class present in the split" if boot["class_preserving"] else ""))
     text = (f"{split} split, {results[main]['n']} {unit}, windows combined by {aggregate}: {run_dir}\n"
             f"{ci_note}\n{summary_table(results)}\n\n"
             f"per class ({main}):\n{per_class_table(results[main])}\n")
@@ -206,7 +210,7 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
     (out_dir / "summary.txt").write_text(text)
     write_json({"command": sys.argv, "split": split, "main": main, "models": list(results),
                 "aggregate": aggregate, "bootstrap": resamples, "eval_overrides": eval_overrides or {},
-                "device": str(device),
+                "device": str(device), "git_commit": git_commit(),
                 "units": len(unit_ids), "wall_s": round(time.time() - started, 2),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, out_dir / "eval_info.json")
     print(text + f"\nreports: {out_dir}")

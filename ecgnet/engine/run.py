@@ -86,13 +86,21 @@ def _new_run_dir(cfg: dict, work_dir: str | None) -> Path:
     return run_dir
 
 
-def _env(cfg: dict) -> dict:
+def git_commit() -> str | None:
+    """The checkout's commit, with ``+dirty`` when files differ from it (None outside git)."""
+    where = Path(__file__).parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip() or None
+                                cwd=where).stdout.strip() or None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=where).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"command": sys.argv, "ecgnet": __version__, "git_commit": commit, "python": platform.python_version(),
+        return None
+    return f"{commit}+dirty" if commit and dirty else commit
+
+
+def _env(cfg: dict) -> dict:
+    return {"command": sys.argv, "ecgnet": __version__, "git_commit": git_commit(), "python": platform.python_version(),
             "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform(),
             "device": str(resolve_device(cfg["train"]["device"])), "seed": cfg["seed"],
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
