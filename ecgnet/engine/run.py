@@ -87,13 +87,13 @@ def _new_run_dir(cfg: dict, work_dir: str | None) -> Path:
 
 
 def git_commit() -> str | None:
-    """The checkout's commit, with ``+dirty`` when files differ from it (None outside git)."""
+    """The checkout's commit, with ``+dirty`` when code or configs differ from it (None outside git)."""
     where = Path(__file__).parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=where).stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5, cwd=where).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "*.py", "*.yaml"],
+                               capture_output=True, text=True, timeout=5, cwd=where).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{commit}+dirty" if commit and dirty else commit
