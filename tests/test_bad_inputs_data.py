@@ -430,3 +430,23 @@ def test_split_errors_name_the_key_and_what_to_change(mitdb_bad):
     with pytest.raises(DataError, match="split: cannot hold out 0.99 of 4 patient") as err:
         make_splits(records, {**base, "val_fraction": 0.99})
     assert "\n" not in str(err.value)
+
+
+# ---- HDF5 files that break ecgnet's layout, through the CLI ----
+
+HDF5_CFG = "cfgs/pediatric/se_resnet1d_focal_tuned.yaml"
+
+
+@pytest.mark.parametrize("change, fragments", [
+    ({"drop": ["labels"]}, ["f.h5:/labels: missing", "multi-hot"]),
+    ({"format": "hdf5"}, ["f.h5: root attribute 'format' is 'hdf5', expected 'ecgnet-hdf5'"]),
+    ({"labels": np.full((3, 2), 0.5)}, ["f.h5:/labels: multi-hot labels must be 0 or 1"]),
+])
+def test_wrong_hdf5_layout_is_one_line_naming_the_file(tmp_path, change, fragments):
+    from test_hdf5 import ecg_like, write_file
+    change = dict(change)
+    labels = change.pop("labels", np.array([[1, 0], [0, 1], [1, 1]], np.uint8))
+    path = write_file(tmp_path / "f.h5", [ecg_like(10, seed=i) for i in range(3)], labels, **change)
+    result = train(HDF5_CFG, path, f"data.qc_cache={tmp_path / 'qc'}", work_dir=tmp_path / "run")
+    user_error(result, *fragments)
+    assert not (tmp_path / "run").exists()

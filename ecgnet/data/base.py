@@ -96,6 +96,11 @@ class ECGAdapter:
     #: read errors become a hard error instead of a counted skip
     strict: bool = False
 
+    #: unit of the signals ``load`` returns: ``"mV"`` (physical; signal QC applies its mV
+    #: thresholds) or anything else, e.g. ``"normalized"`` for beats scaled to [0, 1] (QC then
+    #: checks only for missing, constant and NaN leads)
+    signal_units: str = "mV"
+
     #: records are read on access (``dataset.LazySignals``) instead of loaded or cached whole;
     #: such an adapter implements ``num_samples`` and screens its records in ``records()``
     lazy: bool = False

@@ -112,7 +112,7 @@ def load_signals(adapter: ECGAdapter, cfg: dict, dataset: str = "data",
         return records, LazySignals(adapter, cfg)
     qc = QCSettings.from_cfg(cfg["qc"], "preprocess.qc", **PREPROCESS_DEFAULTS) if "qc" in cfg \
         else QCSettings(enabled=False)
-    physical = getattr(adapter, "signal_units", "mV") == "mV"   # the QC thresholds are in mV
+    physical = adapter.signal_units == "mV"   # the QC thresholds are in mV
 
     def read():
         return _read_each(adapter, records.fs, cfg, qc, physical, progress)

@@ -73,6 +73,8 @@ class KaggleHeartbeatCSV(ECGAdapter):
         class_names: names of labels 0, 1, ... (default per flavour).
     """
 
+    signal_units = "normalized"     # the published beats are scaled to [0, 1]
+
     record_length_s = SAMPLES / FS
 
     def __init__(self, root: str, flavour: Literal["mitbih", "ptbdb"] = "mitbih",

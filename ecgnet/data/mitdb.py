@@ -189,6 +189,8 @@ class MITDB(ECGAdapter):
         self.root = Path(os.path.expanduser(root))
         self.lead, self.preset, self.edge, self.split_mode = lead, preset, edge, split_mode
         self.fs = KAGGLE_FS if preset == "kaggle" else float(fs or 360.0)
+        if preset == "kaggle":
+            self.signal_units = "normalized"   # beats scaled to [0, 1] as the published CSVs
         self.bandpass_hz = None if bandpass_hz is None else [float(f) for f in bandpass_hz]
         self.filter_order, self.strict, self.max_gap_s = filter_order, strict, float(max_gap_s)
         self.record_names = None if record_names is None else [str(r) for r in record_names]
