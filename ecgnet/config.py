@@ -67,13 +67,17 @@ class TrainCfg:
     eval_batch_size: int = 256
     num_workers: int = 0
     device: str = "auto"                       # auto = cuda when present, else cpu
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"   # auto = bf16 on CUDA, off on CPU
+    # auto = bf16 on CUDA (fp16 where it lacks bf16); on a CPU bf16 where it has native bf16 (AMX-BF16 or
+    # AVX512-BF16), else off (fp32); fp16 needs CUDA
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     clip_grad_norm: Optional[float] = 1.0
     monitor: str = "val/macro_auroc"           # metric that picks best.pt and drives early stopping
     monitor_mode: Literal["auto", "max", "min"] = "auto"   # auto: min for losses, max otherwise
     early_stop_patience: Optional[int] = 10
     tensorboard: bool = True
     progress: Literal["auto", "on", "off"] = "auto"        # auto = tqdm only on a terminal
+    # without tqdm (no terminal): a log line at most this often with step, samples/s and ETA; null: none
+    log_every_s: Optional[float] = 60.0
     deterministic: bool = False               # torch deterministic kernels (slower on CUDA)
 
 

@@ -57,8 +57,8 @@ def check_type(value: Any, annotation: Any, where: str) -> Any:
         wanted = " or ".join("null" if a is type(None) else _type_name(a) for a in args)
         raise ConfigError(f"{where}: expected {wanted}, got {value!r}")
     if origin is typing.Literal:
-        if isinstance(value, bool) and {"on", "off"} <= set(args):
-            return "on" if value else "off"     # YAML 1.1 reads on/off as booleans
+        if isinstance(value, bool) and ("on" if value else "off") in args:
+            return "on" if value else "off"     # YAML 1.1 reads on/off (and yes/no) as booleans
         if value in args:
             return value
         raise ConfigError(f"{where}: {value!r} is not allowed{hint(value, map(str, args))}")

@@ -38,10 +38,17 @@ def train(*args, opts=TINY, **kw):
     return tool("train.py", "--config", "cfgs/demo.yaml", *args, "--opts", *opts, **kw)
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts background jobs (a CI script run with `&`, nohup) with
+    # SIGINT ignored, and children inherit that: Python then never raises KeyboardInterrupt. A user's
+    # Ctrl-C reaches a foreground process with the default handler, so give the child that.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_training(work_dir: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "tools/train.py", "--config", "cfgs/demo.yaml", "--work-dir",
                              str(work_dir), "--opts", *RUN], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=log.open("w"), text=True)
+                            stderr=log.open("w"), text=True, preexec_fn=_default_sigint)
 
 
 def user_error(result, *fragments, alone=True) -> str:

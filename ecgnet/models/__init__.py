@@ -10,11 +10,15 @@ from torch import nn
 
 from ..registry import MODELS
 from .cnn1d import CNN1d
+from .inception1d import Inception1d
 from .resnet1d import ResNet1d
+from .resnet1d_wang import ResNet1dWang
 from .se_attention1d import SEAttention1d
 from .se_resnet1d import SEResNet1d
+from .xresnet1d import XResNet1d, XResNet1d50
 
-__all__ = ["MODELS", "CNN1d", "ResNet1d", "SEAttention1d", "SEResNet1d", "accepts_lengths"]
+__all__ = ["MODELS", "CNN1d", "Inception1d", "ResNet1d", "ResNet1dWang", "SEAttention1d", "SEResNet1d", "XResNet1d",
+           "XResNet1d50", "accepts_lengths"]
 
 
 def accepts_lengths(model: nn.Module) -> bool:
