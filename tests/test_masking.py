@@ -205,3 +205,12 @@ def test_bf16_autocast_with_lengths(name):
     for y in (out, logits):
         assert y.shape == (3, 4) and torch.isfinite(y.float()).all()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_masked_batchnorm_after_a_plain_call_in_the_same_graph_still_backpropagates():
+    from ecgnet.models.layers import MaskedBatchNorm1d
+    bn = MaskedBatchNorm1d(4).train()
+    x = torch.randn(3, 4, 20, requires_grad=True)
+    out = bn(x).sum() + (bn(x, torch.tensor([20, 10, 5])) ** 2).sum()
+    out.backward()                       # raised "modified by an inplace operation" before
+    assert torch.isfinite(x.grad).all() and int(bn.num_batches_tracked) == 2

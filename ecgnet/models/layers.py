@@ -101,16 +101,19 @@ class MaskedBatchNorm1d(LengthAware, nn.BatchNorm1d):
         if lengths is None or not (self.training or self.running_mean is None):
             return super().forward(x)
         mask = valid_mask(lengths, x.shape[-1])
-        xf = x.float()                                   # statistics in fp32 under autocast too
+        xf = x if x.dtype == torch.float64 else x.float()   # statistics in fp32 at least, under autocast too
         n = lengths.sum()
         mean = xf.masked_fill(~mask, 0).sum((0, 2)) / n
         var = (xf - mean[:, None]).masked_fill(~mask, 0).square().sum((0, 2)) / n
         if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
+            # through .data: a plain (unmasked) call earlier in the same graph handed these buffers to
+            # batch_norm, which saved them for backward; a tracked in-place change would break it
+            self.num_batches_tracked.data.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
             with torch.no_grad():
-                self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-                self.running_var.mul_(1 - factor).add_(var * n / (n - 1), alpha=factor)
+                self.running_mean.data.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
+                self.running_var.data.mul_(1 - factor).add_((var * n / (n - 1)).to(self.running_var.dtype),
+                                                            alpha=factor)
         scale = torch.rsqrt(var + self.eps)
         if self.weight is not None:
             scale = scale * self.weight
