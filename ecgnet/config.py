@@ -142,7 +142,7 @@ LIMITS: dict[str, tuple] = {
     "train.num_workers": _at_least(0),
     "train.clip_grad_norm": _above(0),           # null: no clipping
     "train.early_stop_patience": _at_least(1),   # null: no early stopping
-    "train.log_every_s": _above(0),              # null: no progress lines
+    "train.log_every_s": _at_least(0),           # 0: every step; null: no progress lines
     "thresholds.default": _between(0, 1),
     "kfold.folds": _at_least(0),
     "eval.bootstrap": _at_least(0),
