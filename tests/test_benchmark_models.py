@@ -14,8 +14,8 @@ from torch import nn
 from ecgnet.build import build, resolve_config
 from ecgnet.config import load_config
 from ecgnet.models import MODELS, accepts_lengths
-from ecgnet.models.xresnet1d import (FeatureBatchNorm1d, MaskedAvgPool1d, MaskedConcatPool1d,
-                                     MaskedGlobalMaxPool1d, SamePadMaxPool1d)
+from ecgnet.models.layers import MaskedAvgPool1d, MaskedGlobalMaxPool1d, SamePadMaxPool1d
+from ecgnet.models.xresnet1d import FeatureBatchNorm1d, MaskedConcatPool1d
 from ecgnet.registry import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

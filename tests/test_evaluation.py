@@ -3,8 +3,6 @@ not depend on their batch, macro averages over defined classes, window/unit aggr
 that follow the code, AAMI beat tables, and CIs + AUPRC in every report."""
 import importlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +10,14 @@ import pytest
 import torch
 
 from ecgnet.config import load_config
-from ecgnet.data.base import ECGAdapter, RecordSet
+from ecgnet.data.base import RecordSet
 from ecgnet.data.dataset import EvalWindows, TrainWindows, load_signals
 from ecgnet.data.transforms import Normalizer
 from ecgnet.engine.predict import pool_rows, predict, to_units
 from ecgnet.metrics import aami_metrics, aami_table, classification_metrics
 import ecgnet.models  # noqa: F401  (registers every backbone)
 from ecgnet.registry import MODELS
+from test_masking import SMALL as SMALL_MODELS   # the masking tests' small settings per family
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,14 +39,6 @@ def test_eval_and_train_windows_pad_with_zeros_after_normalising():
 
 
 # ---- full-length predictions do not depend on the batch ----
-
-SMALL_MODELS = {"resnet1d": {"base_width": 8, "num_blocks": 4}, "se_resnet1d": {"widths": [8, 8, 16, 16]},
-                "se_attention1d": {"widths": [8, 8, 16, 16]}, "cnn1d": {"widths": [8, 16]},
-                "xresnet1d101": {"blocks": [1, 1, 1], "widths": [8, 8, 8], "stem_widths": [8, 8, 16], "hidden": 16},
-                "xresnet1d50": {"blocks": [1, 1], "widths": [8, 16], "stem_widths": [8, 8, 16], "hidden": 16},
-                "inception1d": {"kernel_size": 8, "depth": 3, "filters": 4, "bottleneck": 4, "hidden": 16},
-                "resnet1d_wang": {"widths": [8, 16, 16], "hidden": 16}}
-
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_full_length_record_scores_the_same_alone_and_batched_with_long_records(name):
@@ -239,3 +230,19 @@ def test_demo_evaluation_reports_cis_auprc_and_record_info(tmp_path):
     no_ci = evaluate(run, out=tmp_path / "again", config=None)
     assert no_ci["fold0"]["macro_auroc"] == results["fold0"]["macro_auroc"]     # seeded: same numbers again
     assert no_ci["fold0"]["ci"] == results["fold0"]["ci"]
+
+
+def test_evaluate_overrides_are_checked_like_a_config(tmp_path):
+    from ecgnet.engine.evaluate import evaluate
+    from ecgnet.engine.run import train
+    from ecgnet.registry import ConfigError
+    cfg = load_config(REPO / "cfgs/demo.yaml", ["data.num_records=120", "train.epochs=1", "schedule.warmup_epochs=0",
+                                                 "schedule.cooldown_epochs=0", "train.tensorboard=false",
+                                                 "eval.plots=false", "eval.bootstrap=0"])
+    run = train(cfg, work_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="eval.bootstrap: must be >= 0"):
+        evaluate(run, eval_overrides={"bootstrap": -1})
+    with pytest.raises(ConfigError, match="eval.aggregat: unknown setting.*aggregate"):
+        evaluate(run, eval_overrides={"aggregat": "max"})
+    results = evaluate(run, eval_overrides={"aggregate": "max"})
+    assert (run / "eval/test_aggregate-max/metrics.json").is_file() and results["model"]["n"] > 0

@@ -3,12 +3,10 @@ test (or validation) split recorded in the checkpoints. Config, classes, thresho
 normalisation all come from the checkpoints."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
 import sys
-import typing
 import time
 from pathlib import Path
 
@@ -16,13 +14,13 @@ import numpy as np
 
 from ..bootstrap import bootstrap_cis
 from ..build import build, resolve_config
-from ..config import EvalCfg, config_diff, describe_changes, load_config
+from ..config import check_schema, config_diff, describe_changes, load_config
 from ..data.base import RecordSet
 from ..data.dataset import EvalWindows
 from ..data.transforms import Normalizer
 from ..ensemble import majority_vote, mean_probability
 from ..metrics import aami_table, classification_metrics, is_aami
-from ..registry import ConfigError, DataError, check_type, hint
+from ..registry import ConfigError, DataError
 from ..reports import per_class_table, summary_table, write_json, write_model_report
 from ..thresholds import decide
 from .checkpoint import load_checkpoint
@@ -143,18 +141,11 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
     if config:
         cfg = resolve_config(load_config(config))
         _check_same_input(cfg, trained, config, paths[0])
-    if eval_overrides:
-        known = {f.name for f in dataclasses.fields(EvalCfg)}
-        for key, value in eval_overrides.items():
-            if key not in known:
-                raise ConfigError(f"eval.{key}: unknown setting{hint(key, known)}")
-            check_type(value, typing.get_type_hints(EvalCfg)[key], f"eval.{key}")
-        cfg = {**cfg, "eval": {**cfg["eval"], **eval_overrides}}
+    if eval_overrides:       # checked like any config: known keys, types, ranges
+        cfg = check_schema({**cfg, "eval": {**cfg["eval"], **eval_overrides}})
     split = split or cfg["eval"]["split"]
     aggregate = cfg["eval"]["aggregate"]
     resamples = cfg["eval"]["bootstrap"]
-    if resamples < 0:
-        raise ConfigError(f"eval.bootstrap: must be a whole number >= 0 (0 turns CIs off), got {resamples!r}")
     # reports go under the run directory or --out, never where a checkpoint's config points: the
     # folder name is built from checked settings only (split: test|val, eval.* overrides); an override
     # gets its own folder, so it never replaces the run's own report (eval/<split>)

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from ..registry import MODELS, ConfigError
-from .layers import (ConvBnAct1d, LengthAware, MaskedBatchNorm1d, MaskedSequential, SamePadConv1d, call_masked,
-                     check_settings)
-from .xresnet1d import ConcatPoolHead, SamePadMaxPool1d, benchmark_init
+from .layers import (ConvBnAct1d, LengthAware, MaskedBatchNorm1d, MaskedSequential, SamePadConv1d, SamePadMaxPool1d,
+                     call_masked, check_settings)
+from .xresnet1d import ConcatPoolHead, benchmark_init
 
 
 class InceptionBlock1d(LengthAware, nn.Module):

@@ -133,13 +133,25 @@ class MaskedMaxPool1d(LengthAware, nn.MaxPool1d):
 
     @property
     def length_stride(self) -> int:
-        return self.kernel_size
+        return self.stride
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if lengths is None:
             return super().forward(x)
         pooled = super().forward(x.masked_fill(~valid_mask(lengths, x.shape[-1]), float("-inf")))
-        return zero_padding(pooled, shrink_lengths(lengths, self.kernel_size))
+        return zero_padding(pooled, shrink_lengths(lengths, self.stride))
+
+
+class SamePadMaxPool1d(MaskedMaxPool1d):
+    """``MaxPool1d(k, stride, padding=(k-1)//2)`` for odd k: ``ceil(samples / stride)`` samples out,
+    like ``SamePadConv1d``. With ``lengths`` the padding is -inf during pooling (as torch's implicit
+    border padding), so no window picks it; outputs past the new lengths are zeroed.
+    """
+
+    def __init__(self, kernel_size: int, stride: int):
+        if kernel_size % 2 == 0:
+            raise ValueError(f"SamePadMaxPool1d needs an odd kernel, got {kernel_size}")
+        nn.MaxPool1d.__init__(self, kernel_size, stride, padding=(kernel_size - 1) // 2)
 
 
 class MaskedGlobalAvgPool1d(LengthAware, nn.AdaptiveAvgPool1d):
@@ -150,6 +162,43 @@ class MaskedGlobalAvgPool1d(LengthAware, nn.AdaptiveAvgPool1d):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(x) if lengths is None else masked_mean(x, lengths)
+
+
+class MaskedAvgPool1d(LengthAware, nn.AvgPool1d):
+    """``AvgPool1d(k, ceil_mode=True)`` (stride k) averaging the real samples of each window only.
+
+    Unpadded, torch's last partial window already averages only the samples it covers; with
+    ``lengths`` the window that straddles a record's end does the same, and windows wholly in the
+    padding give 0. ``(batch, channels, samples) -> (batch, channels, ceil(samples / k))``.
+    """
+
+    def __init__(self, kernel_size: int):
+        super().__init__(kernel_size, ceil_mode=True)
+
+    @property
+    def length_stride(self) -> int:
+        return self.kernel_size[0]
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            return super().forward(x)
+        mask = valid_mask(lengths, x.shape[-1])
+        means = super().forward(x.masked_fill(~mask, 0))
+        real_share = super().forward(mask.to(x.dtype))     # fraction of each window that is real
+        return means / real_share.clamp_min(1.0 / self.length_stride)
+
+
+class MaskedGlobalMaxPool1d(LengthAware, nn.AdaptiveMaxPool1d):
+    """AdaptiveMaxPool1d(1) over the real samples only: ``(B, C, T) -> (B, C, 1)``."""
+
+    def __init__(self):
+        super().__init__(1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            return super().forward(x)
+        # every row has >= 1 real (finite) sample, so -inf is never the maximum
+        return super().forward(x.masked_fill(~valid_mask(lengths, x.shape[-1]), float("-inf")))
 
 
 # ---- Building blocks ----------------------------------------------------------------------------
@@ -198,6 +247,28 @@ class ConvBnAct1d(MaskedSequential):
         if act:
             layers["act"] = nn.ReLU(inplace=True)
         super().__init__(layers)
+
+
+def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """Identity, or a 1x1 (strided) conv-BN where the block changes width or length: a 1x1 conv with
+    stride s also yields ``ceil(samples / s)``, so both paths of a block keep the same length."""
+    if stride == 1 and in_channels == out_channels:
+        return nn.Identity()
+    return ConvBnAct1d(in_channels, out_channels, 1, stride, act=False)
+
+
+class ResidualBlock1d(LengthAware, nn.Module):
+    """``act(body(x) + shortcut(x))``; subclasses set ``body``, ``shortcut``, ``act`` and
+    ``length_stride`` (the body's and the shortcut's common stride)."""
+
+    body: nn.Module
+    shortcut: nn.Module
+    act: nn.Module
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            return self.act(self.body(x) + self.shortcut(x))
+        return self.act(self.body(x, lengths) + call_masked(self.shortcut, x, lengths))
 
 
 class SqueezeExcite1d(LengthAware, nn.Module):

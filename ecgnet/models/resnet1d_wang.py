@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from ..registry import MODELS
-from .layers import ConvBnAct1d, LengthAware, MaskedSequential, call_masked, check_settings, masked_chain
+from .layers import (ConvBnAct1d, MaskedSequential, ResidualBlock1d, check_settings, masked_chain,
+                     projection_shortcut)
 from .xresnet1d import ConcatPoolHead, benchmark_init
 
 
-class BasicBlock1d(LengthAware, nn.Module):
+class BasicBlock1d(ResidualBlock1d):
     """conv -> BN -> ReLU -> conv -> BN, plus the shortcut, then ReLU (torchvision's BasicBlock).
 
     ``(batch, in_channels, samples) -> (batch, out_channels, ceil(samples / stride))``.
@@ -41,16 +42,9 @@ class BasicBlock1d(LengthAware, nn.Module):
         self.body = MaskedSequential(
             ConvBnAct1d(in_channels, out_channels, kernel_sizes[0], stride),
             ConvBnAct1d(out_channels, out_channels, kernel_sizes[1], act=False))
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = ConvBnAct1d(in_channels, out_channels, 1, stride, act=False)
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride)
         self.act = nn.ReLU(inplace=True)
         self.length_stride = stride
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        if lengths is None:
-            return self.act(self.body(x) + self.shortcut(x))
-        return self.act(self.body(x, lengths) + call_masked(self.shortcut, x, lengths))
 
 
 @MODELS.register("resnet1d_wang")

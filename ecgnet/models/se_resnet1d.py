@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from ..registry import MODELS
-from .layers import (ConvBnAct1d, LengthAware, MaskedSequential, PoolMLPHead, SqueezeExcite1d, call_masked,
-                     check_settings, masked_chain)
+from .layers import (ConvBnAct1d, MaskedSequential, PoolMLPHead, ResidualBlock1d, SqueezeExcite1d, check_settings,
+                     masked_chain, projection_shortcut)
 
 
-class SEBlock1d(LengthAware, nn.Module):
+class SEBlock1d(ResidualBlock1d):
     """conv -> BN -> ReLU -> Dropout -> conv -> BN -> SE, plus the shortcut, then ReLU.
 
     ``(batch, in_channels, samples) -> (batch, out_channels, ceil(samples / stride))``.
@@ -28,17 +28,9 @@ class SEBlock1d(LengthAware, nn.Module):
             ConvBnAct1d(in_channels, out_channels, kernel_size, stride), nn.Dropout(dropout),
             ConvBnAct1d(out_channels, out_channels, kernel_size, act=False),
             SqueezeExcite1d(out_channels, se_reduction))
-        # A 1x1 strided conv also yields ceil(samples / stride), so both paths keep the same length.
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = ConvBnAct1d(in_channels, out_channels, 1, stride, act=False)
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride)
         self.act = nn.ReLU(inplace=True)
         self.length_stride = stride
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        if lengths is None:
-            return self.act(self.body(x) + self.shortcut(x))
-        return self.act(self.body(x, lengths) + call_masked(self.shortcut, x, lengths))
 
 
 def se_trunk(in_leads: int, widths: Sequence[int], kernel_size: int, se_reduction: int,

@@ -40,70 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import MODELS, ConfigError
-from .layers import (ConvBnAct1d, LengthAware, MaskedGlobalAvgPool1d, MaskedSequential, call_masked,
-                     check_settings, masked_chain, shrink_lengths, valid_mask, zero_padding)
+from .layers import (ConvBnAct1d, LengthAware, MaskedAvgPool1d, MaskedGlobalAvgPool1d, MaskedGlobalMaxPool1d,
+                     MaskedSequential, ResidualBlock1d, SamePadMaxPool1d, call_masked, check_settings,
+                     masked_chain)
 
-# ---- Pieces shared with inception1d.py and resnet1d_wang.py ------------------------------------
-# (candidates for layers.py: generic masked pools and the benchmark's head)
-
-
-class SamePadMaxPool1d(LengthAware, nn.MaxPool1d):
-    """``MaxPool1d(k, stride, padding=(k-1)//2)`` for odd k: ``ceil(samples / stride)`` samples out,
-    like ``SamePadConv1d``. With ``lengths`` the padding is -inf during pooling (as torch's implicit
-    border padding), so no window picks it; outputs past the new lengths are zeroed.
-    """
-
-    def __init__(self, kernel_size: int, stride: int):
-        if kernel_size % 2 == 0:
-            raise ValueError(f"SamePadMaxPool1d needs an odd kernel, got {kernel_size}")
-        super().__init__(kernel_size, stride, padding=(kernel_size - 1) // 2)
-
-    @property
-    def length_stride(self) -> int:
-        return self.stride
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        if lengths is None:
-            return super().forward(x)
-        pooled = super().forward(x.masked_fill(~valid_mask(lengths, x.shape[-1]), float("-inf")))
-        return zero_padding(pooled, shrink_lengths(lengths, self.stride))
-
-
-class MaskedAvgPool1d(LengthAware, nn.AvgPool1d):
-    """``AvgPool1d(k, ceil_mode=True)`` (stride k) averaging the real samples of each window only.
-
-    Unpadded, torch's last partial window already averages only the samples it covers; with
-    ``lengths`` the window that straddles a record's end does the same, and windows wholly in the
-    padding give 0. ``(batch, channels, samples) -> (batch, channels, ceil(samples / k))``.
-    """
-
-    def __init__(self, kernel_size: int):
-        super().__init__(kernel_size, ceil_mode=True)
-
-    @property
-    def length_stride(self) -> int:
-        return self.kernel_size[0]
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        if lengths is None:
-            return super().forward(x)
-        mask = valid_mask(lengths, x.shape[-1])
-        means = super().forward(x.masked_fill(~mask, 0))
-        real_share = super().forward(mask.to(x.dtype))     # fraction of each window that is real
-        return means / real_share.clamp_min(1.0 / self.length_stride)
-
-
-class MaskedGlobalMaxPool1d(LengthAware, nn.AdaptiveMaxPool1d):
-    """AdaptiveMaxPool1d(1) over the real samples only: ``(B, C, T) -> (B, C, 1)``."""
-
-    def __init__(self):
-        super().__init__(1)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        if lengths is None:
-            return super().forward(x)
-        # every row has >= 1 real (finite) sample, so -inf is never the maximum
-        return super().forward(x.masked_fill(~valid_mask(lengths, x.shape[-1]), float("-inf")))
+# ---- Pieces shared with inception1d.py and resnet1d_wang.py: the benchmark's head -------------
 
 
 class MaskedConcatPool1d(LengthAware, nn.Module):
@@ -162,7 +103,7 @@ def benchmark_init(model: nn.Module) -> None:
 EXPANSION = 4   # bottleneck blocks: out channels = 4 x the hidden width (xresnet 50/101/152)
 
 
-class XBottleneck1d(LengthAware, nn.Module):
+class XBottleneck1d(ResidualBlock1d):
     """1x1 -> k (strided) -> 1x1 conv-BN(-ReLU), plus an average-pooled (and 1x1-projected) shortcut.
 
     ``(batch, in_channels, samples) -> (batch, 4 * hidden, ceil(samples / stride))``.
@@ -171,7 +112,7 @@ class XBottleneck1d(LengthAware, nn.Module):
     def __init__(self, in_channels: int, hidden: int, kernel_size: int, stride: int):
         super().__init__()
         out_channels = EXPANSION * hidden
-        self.convs = MaskedSequential(
+        self.body = MaskedSequential(
             ConvBnAct1d(in_channels, hidden, 1), ConvBnAct1d(hidden, hidden, kernel_size, stride),
             ConvBnAct1d(hidden, out_channels, 1, act=False))
         shortcut: list[nn.Module] = []
@@ -182,11 +123,6 @@ class XBottleneck1d(LengthAware, nn.Module):
         self.shortcut = MaskedSequential(*shortcut) if shortcut else nn.Identity()
         self.act = nn.ReLU(inplace=True)
         self.length_stride = stride
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        if lengths is None:
-            return self.act(self.convs(x) + self.shortcut(x))
-        return self.act(self.convs(x, lengths) + call_masked(self.shortcut, x, lengths))
 
 
 @MODELS.register("xresnet1d101")
