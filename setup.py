@@ -14,7 +14,9 @@ setup(
     packages=find_packages(include=["ecgnet", "ecgnet.*"]),
     package_data={"ecgnet": ["data/resources/*"]},   # split lists and scoring tables shipped with adapters
     install_requires=[r for r in requirements if r],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7"],
+                    # tools/benchmark.py row 4 (ecgnet vs torch_ecg); never imported by the package itself
+                    "bench": ["torch-ecg==0.0.33"]},
     entry_points={"console_scripts": [
         "ecgnet-train=ecgnet.cli:train_main",
         "ecgnet-evaluate=ecgnet.cli:evaluate_main",

@@ -2,12 +2,14 @@
 
 User mistakes (ConfigError, DataError) and what the machine refuses (OSError: a full disk, a
 read-only folder) print one line and exit with code 2; Ctrl-C exits with 130 and says how to
-continue; programming errors keep their traceback.
+continue; programming errors keep their traceback. Under torchrun rank 0 says these for all ranks:
+the others exit with the same code, printing only errors of their own.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -19,26 +21,39 @@ def _setup_logging(verbose: bool) -> None:
                         datefmt="%H:%M:%S", stream=sys.stderr)
 
 
+def _other_rank() -> bool:
+    """A torchrun process other than rank 0 (set before the process group exists)."""
+    return int(os.environ.get("RANK", "0")) != 0
+
+
 def guarded(fn: Callable[[], None]) -> int:
+    # every rank reads the same config, and rank 0's errors before training reach the others ``from_main``
+    def said_by_rank_0(err):
+        return _other_rank() and (isinstance(err, (ConfigError, KeyboardInterrupt)) or getattr(err, "from_main", False))
+
     try:
         fn()
     except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        if not said_by_rank_0(err):
+            print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:       # one not caught where it happened (those name the fix)
         where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or err}; check the path, its permissions and the free disk space",
-              file=sys.stderr)
+        if not said_by_rank_0(err):
+            print(f"error: {where}{err.strerror or err}; check the path, its permissions and the free disk space",
+                  file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         what_now = getattr(err, "what_now", None)     # set by training: how to continue
-        print(f"interrupted; {what_now}" if what_now else "interrupted", file=sys.stderr)
+        if not said_by_rank_0(err):
+            print(f"interrupted; {what_now}" if what_now else "interrupted", file=sys.stderr)
         return 130
     return 0
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train one model, or K fold models, from a YAML config.")
+    parser = argparse.ArgumentParser(description="Train one model, or K fold models, from a YAML config; "
+                                                 "with several processes: torchrun --nproc_per_node N tools/train.py")
     parser.add_argument("--config", help="YAML config (with _base_ inheritance)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides such as train.epochs=5 model.dropout=0.3 (values parsed as YAML)")
@@ -64,7 +79,8 @@ def train_main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, args.opts)   # before torch is imported: a typo is reported at once
             from .engine.run import train
             run_dir = train(cfg, work_dir=args.work_dir, folds=args.folds)
-        print(f"run directory: {run_dir}")
+        if not _other_rank():
+            print(f"run directory: {run_dir}")
     return guarded(run)
 
 

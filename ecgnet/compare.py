@@ -29,7 +29,7 @@ DEFAULT_METRICS = ["test/macro_auroc", "test/macro_f1"]
 SPLITS = ("test", "val")
 # Where files go and what is displayed: they differ between runs without changing what was trained.
 NOISY_KEYS = {"name", "work_dir", "preprocess.cache_dir", "data.qc_cache", "train.progress", "train.tensorboard",
-              "train.log_every_s", "eval.plots"}
+              "train.log_every_s", "train.num_workers", "train.compile", "eval.plots"}
 # Numbers every classification report has; any other number in metrics.json is a dataset's own score.
 STANDARD_KEYS = {"n", "macro_auroc", "macro_auprc", "macro_f1", "weighted_f1", "micro_f1", "accuracy",
                  "balanced_accuracy", "exact_match", "hamming_loss", "loss"}

@@ -13,7 +13,7 @@ import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -63,10 +63,14 @@ class InputCfg:
 @dataclass
 class TrainCfg:
     epochs: int = 30
+    # the global batch: under torchrun each of N processes takes batch_size / N (a multiple of N), so
+    # one config is one recipe (the same batches, steps per epoch and schedule) for any N
     batch_size: int = 64
-    eval_batch_size: int = 256
-    num_workers: int = 0
-    device: str = "auto"                       # auto = cuda when present, else cpu
+    eval_batch_size: int = 256                 # per process; changes speed and memory, not results
+    # DataLoader workers per process; auto = min(8, cores per process - 1) on CUDA, 0 on the CPU (there
+    # the batches are in-memory slices and workers would take the cores the model trains on)
+    num_workers: Union[int, Literal["auto"]] = "auto"
+    device: str = "auto"                       # auto = cuda when present (under torchrun cuda:LOCAL_RANK), else cpu
     # auto = bf16 on CUDA (fp16 where it lacks bf16); on a CPU bf16 where it has native bf16 (AMX-BF16 or
     # AVX512-BF16), else off (fp32); fp16 needs CUDA
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
@@ -79,6 +83,10 @@ class TrainCfg:
     # without tqdm (no terminal): a log line at most this often with step, samples/s and ETA; null: none
     log_every_s: Optional[float] = 60.0
     deterministic: bool = False               # torch deterministic kernels (slower on CUDA)
+    compile: bool = False                     # torch.compile the training model (validation runs it uncompiled)
+    # torchrun on CUDA, fixed windows: BatchNorm statistics over the global batch (SyncBatchNorm);
+    # false: each process normalises with its own batch_size / N rows (the only choice on CPU)
+    sync_bn: bool = False
 
 
 @dataclass
@@ -139,7 +147,7 @@ LIMITS: dict[str, tuple] = {
     "train.epochs": _at_least(1),
     "train.batch_size": _at_least(1),
     "train.eval_batch_size": _at_least(1),
-    "train.num_workers": _at_least(0),
+    "train.num_workers": ((lambda v: v == "auto" or v >= 0), ">= 0"),   # or auto
     "train.clip_grad_norm": _above(0),           # null: no clipping
     "train.early_stop_patience": _at_least(1),   # null: no early stopping
     "train.log_every_s": _at_least(0),           # 0: every step; null: no progress lines

@@ -11,8 +11,12 @@ from __future__ import annotations
 import collections.abc
 import difflib
 import inspect
+import logging
 import typing
 from typing import Any, Callable, Iterable
+
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -34,6 +38,8 @@ def hint(word: Any, choices: Iterable[str]) -> str:
 
 
 def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:      # e.g. int | Literal["auto"]: "int or 'auto'"
+        return " or ".join(map(repr, typing.get_args(annotation)))
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
@@ -106,13 +112,19 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Callable] = {}
+        self._renamed: dict[str, dict[str, str]] = {}
+        self._warned: set[tuple[str, str, str]] = set()
 
-    def register(self, name: str | None = None):
+    def register(self, name: str | None = None, renamed: dict[str, str] | None = None):
+        """``renamed``: {old setting: new setting} of settings renamed since configs were written with
+        the old names (user YAML, --opts, the config.yaml and checkpoints of earlier runs); ``resolve``
+        reads an old name as the new one, with a deprecation warning."""
         def add(obj: Callable) -> Callable:
             key = name or obj.__name__
             if key in self._entries:
                 raise KeyError(f"{self.kind} '{key}' is registered twice")
             self._entries[key] = obj
+            self._renamed[key] = dict(renamed or {})
             return obj
         return add
 
@@ -150,6 +162,7 @@ class Registry:
             raise ConfigError(f"{where}: expected a mapping with a 'type' key, got {cfg!r}")
         name = cfg.get("type")
         self.get(name, where)
+        cfg = self._translate_renamed(cfg, name, where)
         params = self.settings(name)
         derived = set(derived)
         resolved = {"type": name}
@@ -169,6 +182,22 @@ class Registry:
                 raise ConfigError(f"{where}.{key}: required by {self.kind} '{name}'; add it to the config")
             resolved[key] = list(p.default) if isinstance(p.default, tuple) else p.default
         return resolved
+
+    def _translate_renamed(self, cfg: dict, name: str, where: str) -> dict:
+        """``cfg`` with the old names of renamed settings replaced by the new ones (warned once per process)."""
+        cfg = dict(cfg)
+        for old, new in self._renamed[name].items():
+            if old not in cfg:
+                continue
+            if new in cfg:
+                raise ConfigError(f"{where}.{old}: is the old name of {where}.{new}, which is set too; "
+                                  f"keep only {where}.{new}")
+            cfg[new] = cfg.pop(old)
+            if (where, name, old) not in self._warned:
+                self._warned.add((where, name, old))
+                log.warning("%s.%s is deprecated for %s '%s': read as %s.%s; rename it in the config",
+                            where, old, self.kind, name, where, new)
+        return cfg
 
     def build(self, cfg: dict, where: str, **derived: Any) -> Any:
         kwargs = self.resolve(cfg, where, derived)

@@ -15,7 +15,7 @@ import torch.utils.data
 
 from ecgnet.build import build, resolve_config
 from ecgnet.config import PreprocessCfg, load_config
-from ecgnet.data import hdf5
+from ecgnet.data import hdf5, hdf5_qc
 from ecgnet.data.base import RecordSet
 from ecgnet.data.dataset import LazySignals, load_signals
 from ecgnet.data.pack import pack_adapter
@@ -150,7 +150,7 @@ def test_strict_makes_qc_failures_an_error(tmp_path):
     with pytest.raises(DataError, match=r"5 record\(s\) fail QC \(2 qc: missing or flat lead, 1 qc: NaN/inf"):
         adapter(path, strict=True).records()
     with pytest.raises(DataError, match=r"f.h5: no record left of 9 \(.*4 shorter than one window\)"):
-        adapter(path, window_s=20).records()
+        adapter(path, segment_s=20).records()
 
 
 def test_qc_result_is_cached_per_file_version(tmp_path, monkeypatch):
@@ -160,7 +160,7 @@ def test_qc_result_is_cached_per_file_version(tmp_path, monkeypatch):
     first = adapter(path, qc_cache=str(cache)).records()
     assert len(list(cache.glob("f-*.json"))) == 1
     calls = []
-    monkeypatch.setattr(hdf5, "run_qc", lambda *a: calls.append(1) or {})
+    monkeypatch.setattr(hdf5_qc, "run_qc", lambda *a: calls.append(1) or {})
     assert adapter(path, qc_cache=str(cache)).records().skipped == first.skipped and not calls
     adapter(path, qc_cache=str(cache), qc={"max_hf_ratio": 0.9}).records()      # other settings: recomputed
     assert len(calls) == 1
@@ -195,19 +195,19 @@ def test_windowing_ids_labels_and_groups(tmp_path):
     signals = [ecg_like(s, seed=i) for i, s in enumerate(lengths_s)]
     labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], np.uint8)
     path = write_file(tmp_path / "f.h5", signals, labels, ids=["a", "b", "c", "d"], patient_ids=["p", "q", "r", "p"])
-    a = adapter(path, window_s=10)
+    a = adapter(path, segment_s=10)
     rec = a.records()
     assert rec.ids == ["a#w0", "a#w1", "b#w0", "d#w0", "d#w1", "d#w2"]
     assert rec.skipped == {hdf5.REASON_SHORT: ["c"]}
     assert rec.groups == ["p", "p", "q", "p", "p", "p"]
     assert rec.labels.tolist() == [[1, 0], [1, 0], [0, 1], [0, 0], [0, 0], [0, 0]]
     assert rec.units == ["p", "p", "q", "p", "p", "p"]                  # evaluation regroups them per patient
-    assert adapter(path, window_s=10, eval_unit="record").records().units == ["a", "a", "b", "d", "d", "d"]
+    assert adapter(path, segment_s=10, eval_unit="record").records().units == ["a", "a", "b", "d", "d", "d"]
     assert a.record_length_s == 10
     assert np.array_equal(a.load(1), signals[0][5000:10000].T)
     assert np.array_equal(a.load(5), signals[3][10000:15000].T)
     assert all(a.num_samples(i) == 5000 for i in range(len(rec.ids)))
-    assert adapter(path, window_s=5).records().ids[:5] == ["a#w0", "a#w1", "a#w2", "a#w3", "a#w4"]
+    assert adapter(path, segment_s=5).records().ids[:5] == ["a#w0", "a#w1", "a#w2", "a#w3", "a#w4"]
 
 
 @pytest.mark.parametrize("with_patients", [True, False])
@@ -266,7 +266,7 @@ def test_lazy_reading_reads_a_record_at_a_time_and_memory_stays_flat(tmp_path, m
     a = adapter(path, windowing="full")
     records, signals = load_signals(a, preprocess_cfg(cache_dir=str(tmp_path / "cache")), "hdf5")
     assert isinstance(signals, LazySignals) and not (tmp_path / "cache").exists()
-    assert max(reads) <= hdf5.QC_BLOCK_BYTES and sum(reads) == 300 * record_bytes   # QC: each record once
+    assert max(reads) <= hdf5_qc.QC_BLOCK_BYTES and sum(reads) == 300 * record_bytes   # QC: each record once
     reads.clear()
     signals[0]
     before = resident_bytes()
@@ -468,3 +468,40 @@ def test_pediatric_cfgs_resolve_with_their_settings():
         assert full["data"]["windowing"] == "full" and full["sampler"]["type"] == "class_balanced"
         assert [a["type"] for a in full["augment"]] == ["gaussian_noise", "amplitude_scale", "time_warp",
                                                         "baseline_wander"]
+
+
+# ---- data.window_s -> data.segment_s: old configs, --opts and stored run configs keep working ----
+
+def test_old_window_s_is_read_as_segment_s_from_yaml_opts_and_stored_configs(tmp_path, caplog, monkeypatch):
+    from ecgnet.engine.evaluate import _checked_config
+    from ecgnet.engine.run import _check_unchanged
+    from ecgnet.registry import DATASETS
+    monkeypatch.setattr(DATASETS, "_warned", set())        # the warning is said once per process
+    path = write_file(tmp_path / "f.h5", [ecg_like(20, seed=i) for i in range(3)], np.zeros((3, 2), np.uint8))
+
+    def config(file, setting=""):
+        out = tmp_path / file
+        out.write_text(f"name: run\ndata: {{type: hdf5, root: {path}, qc_cache: null{setting}}}\n"
+                       "model: {type: cnn1d}\nloss: {type: bce}\n")
+        return out
+
+    expected = resolve_config(load_config(config("new.yaml", ", segment_s: 5")))
+    assert expected["data"]["segment_s"] == 5 and "window_s" not in expected["data"] and not caplog.records
+    with caplog.at_level("WARNING", logger="ecgnet.registry"):
+        from_yaml = resolve_config(load_config(config("old.yaml", ", window_s: 5")))
+        from_opts = resolve_config(load_config(config("plain.yaml"), ["data.window_s=5"]))
+    assert from_yaml == from_opts == expected
+    assert [r.getMessage() for r in caplog.records] == [
+        "data.window_s is deprecated for dataset 'hdf5': read as data.segment_s; rename it in the config"]
+    # what an earlier run stored (config.yaml, checkpoints): resolved with the old name
+    stored = {**expected, "data": {k if k != "segment_s" else "window_s": v for k, v in expected["data"].items()}}
+    assert _checked_config(stored, tmp_path / "best.pt") == expected
+    _check_unchanged(expected, stored, tmp_path / "config.yaml", tmp_path / "last.pt")     # resume: no change
+    assert build("data", stored).records().ids[:4] == ["rec0#w0", "rec0#w1", "rec0#w2", "rec0#w3"]
+
+
+def test_old_and_new_name_together_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        adapter(tmp_path / "f.h5", window_s=5, segment_s=10)
+    assert str(err.value) == ("data.window_s: is the old name of data.segment_s, which is set too; "
+                              "keep only data.segment_s")

@@ -115,7 +115,7 @@ def test_aami_mapping_and_non_beats_ignored(db):
 
 
 def test_beat_windows_and_both_record_edges(db):
-    adapter = MITDB(str(db), window_s=[0.25, 0.45], split_mode="intra", record_names=["100"])
+    adapter = MITDB(str(db), beat_window_s=[0.25, 0.45], split_mode="intra", record_names=["100"])
     records = adapter.records()
     assert adapter.record_length_s == pytest.approx(252 / 360)
     signal = wfdb.rdrecord(str(db / "100"), channel_names=["MLII"]).p_signal[:, 0].astype(np.float32)
@@ -164,8 +164,8 @@ def test_kaggle_preset_shape_range_and_padding(db):
         assert np.all(beats[i, lengths[i]:] == 0)                                      # zero padded
     last = len(beat_samples("100")) - 1                                                # 20 samples before the end
     assert np.count_nonzero(beats[last]) <= 8 and np.all(beats[last, 8:] == 0)
-    with pytest.raises(ConfigError, match="data.window_s"):
-        MITDB(str(db), preset="kaggle", window_s=[0.2, 0.4])
+    with pytest.raises(ConfigError, match="data.beat_window_s"):
+        MITDB(str(db), preset="kaggle", beat_window_s=[0.2, 0.4])
     with pytest.raises(ConfigError, match="data.fs"):
         MITDB(str(db), preset="kaggle", fs=360)
 
@@ -226,7 +226,7 @@ def test_cache_hit_and_rebuild(db_copy, tmp_path, monkeypatch):
     second, sig2 = load_signals(MITDB(str(db_copy), split_mode="inter"), prep(cache), "mitdb")
     assert sum(reads.values()) == 6 and second.ids == first.ids                      # served from the cache
     assert all(np.array_equal(a, b) for a, b in zip(sig1, sig2))
-    load_signals(MITDB(str(db_copy), split_mode="inter", window_s=[0.3, 0.5]), prep(cache), "mitdb")
+    load_signals(MITDB(str(db_copy), split_mode="inter", beat_window_s=[0.3, 0.5]), prep(cache), "mitdb")
     assert sum(reads.values()) == 12                                                  # a setting changed
     wfdb.wrann("101", "atr", beat_samples("101")[:10], symbol=["V"] * 10, write_dir=str(db_copy))
     changed, _ = load_signals(MITDB(str(db_copy), split_mode="inter"), prep(cache), "mitdb")
@@ -374,3 +374,19 @@ def test_real_records_pass_the_file_checks(caplog):
     with caplog.at_level(logging.WARNING, logger="ecgnet"):
         records = MITDB(str(REAL), split_mode="intra").records()
     assert SKIP_OUTSIDE not in records.skipped and caplog.records == []
+
+
+def test_old_window_s_is_read_as_beat_window_s(db, caplog, monkeypatch):
+    """Configs (and stored run configs) written before the rename keep working, with one warning."""
+    from ecgnet.registry import DATASETS
+    monkeypatch.setattr(DATASETS, "_warned", set())
+    opts = [f"data.root={db}", "preprocess.cache_dir=null"]
+    cfg_path = REPO / "cfgs" / "mitdb" / "cnn1d_inter_patient.yaml"
+    expected = resolve_config(load_config(cfg_path, [*opts, "data.beat_window_s=[0.3, 0.5]"]))
+    old = load_config(cfg_path, opts)
+    old["data"] = {k: v for k, v in old["data"].items() if k != "beat_window_s"} | {"window_s": [0.3, 0.5]}
+    with caplog.at_level(logging.WARNING, logger="ecgnet.registry"):
+        assert resolve_config(old) == resolve_config(old) == expected
+    assert [r.getMessage() for r in caplog.records] == [
+        "data.window_s is deprecated for dataset 'mitdb': read as data.beat_window_s; rename it in the config"]
+    assert prepare_data(expected).window == int(round(0.8 * 180))

@@ -1,5 +1,6 @@
 """Speed settings that must not change results: train.amp auto on CPUs with native bf16, progress
-lines without a terminal, inference loader workers, and k-fold evaluation in one pass."""
+lines without a terminal, inference loader workers, k-fold evaluation in one pass, train.num_workers
+auto and train.compile."""
 import json
 import logging
 import re
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import ecgnet.engine.distributed as distributed_mod
 import ecgnet.engine.evaluate as evaluate_mod
 import ecgnet.engine.predict as predict_mod
 import ecgnet.models  # noqa: F401  (registers every backbone)
@@ -16,6 +18,7 @@ from ecgnet.data.dataset import EvalWindows
 from ecgnet.data.transforms import Normalizer
 from ecgnet.engine.predict import (ProgressLog, amp_dtype, cpu_bf16_feature, describe_amp, format_eta, predict,
                                    predict_many)
+from ecgnet.engine.checkpoint import load_checkpoint
 from ecgnet.engine.run import train
 from ecgnet.registry import MODELS, ConfigError
 
@@ -238,3 +241,36 @@ def test_kfold_evaluation_in_one_pass_matches_one_pass_per_model(tiny_run, tmp_p
     calls.clear()
     evaluate_mod.evaluate(run, "val", tmp_path / "val")
     assert calls == []
+
+
+# ---- train.num_workers: auto ----
+
+@pytest.mark.parametrize("cores, processes, workers", [(16, 1, 8), (16, 2, 7), (4, 1, 3), (8, 8, 0), (1, 1, 0)])
+def test_num_workers_auto_is_the_process_share_of_cores_on_cuda_and_0_on_cpu(monkeypatch, cores, processes, workers):
+    monkeypatch.setattr(distributed_mod.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+    assert distributed_mod.resolve_num_workers("auto", CUDA) == workers      # min(8, cores / processes - 1)
+    assert distributed_mod.resolve_num_workers("auto", CPU) == 0
+    assert distributed_mod.resolve_num_workers(3, CPU) == 3 and distributed_mod.resolve_num_workers(0, CUDA) == 0
+
+
+def test_num_workers_setting_takes_auto_or_a_count(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    assert load_config(tmp_path / "tiny.yaml")["train"]["num_workers"] == "auto"
+    assert load_config(tmp_path / "tiny.yaml", ["train.num_workers=2"])["train"]["num_workers"] == 2
+    with pytest.raises(ConfigError, match="train.num_workers: expected int or 'auto', got 'many'"):
+        load_config(tmp_path / "tiny.yaml", ["train.num_workers=many"])
+
+
+# ---- train.compile ----
+
+def test_compiled_training_saves_plain_checkpoints_that_evaluate_loads(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    run = train(load_config(tmp_path / "tiny.yaml", ["train.compile=true", "train.epochs=1",
+                                                    "schedule.cooldown_epochs=0"]), work_dir=str(tmp_path / "run"))
+    plain = MODELS.get("cnn1d", "model")(in_leads=3, num_classes=6, widths=[8, 16], kernel_size=5, hidden=16)
+    for name in ("best.pt", "last.pt"):
+        state = load_checkpoint(run / name)
+        assert not any(k.startswith(("_orig_mod.", "module.")) for k in state["model"])
+        plain.load_state_dict(state["model"])                       # strict: the keys of the uncompiled model
+    assert evaluate_mod.evaluate(run, "test", tmp_path / "eval")["model"]["macro_auroc"] >= 0

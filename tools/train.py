@@ -1,4 +1,5 @@
-"""Train from a YAML config: python tools/train.py --config cfgs/demo.yaml [--opts k=v ...] [--folds K]."""
+"""Train from a YAML config: python tools/train.py --config cfgs/demo.yaml [--opts k=v ...] [--folds K].
+On N GPUs (or N CPU processes): torchrun --standalone --nproc_per_node N tools/train.py --config ..."""
 import sys
 from pathlib import Path
 

@@ -109,6 +109,11 @@ class ECGAdapter:
         """Length of record ``index`` at the source rate, without reading its samples (lazy adapters)."""
         raise NotImplementedError
 
+    def load_span(self, index: int, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) of ``load(index)``; a lazy adapter overrides it to read only those
+        (training crops and evaluation windows of long records), this default reads the whole record."""
+        return self.load(index)[:, start:stop]
+
     def cache_key(self) -> Optional[str]:
         """A string that changes whenever the source files or reading settings change
         (see ``cache.file_fingerprint``); None disables the preprocessing cache (e.g. for

@@ -22,7 +22,8 @@ from .base import ECGAdapter, RecordSet
 from .cache import CacheWriteError, InvalidEntry, cache_dir_for, code_fingerprint, read_cache, write_cache
 from .qc import PREPROCESS_DEFAULTS, QCSettings, qc_record
 from .qc import REASONS as QC_REASONS
-from .transforms import Normalizer, crop_or_pad, preprocess, random_crop, resampled_length, window_starts
+from .transforms import (Normalizer, crop_or_pad, crop_start, preprocess, preprocess_span, resampled_length,
+                         window_starts)
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,13 @@ def _read_each(adapter: ECGAdapter, fs: float, cfg: dict, qc: QCSettings, physic
 class LazySignals(Sequence):
     """Records read on access, for adapters too large to load or cache (``adapter.lazy``).
 
-    ``signals[i]`` reads and preprocesses record i; ``length(i)`` gives its length after
-    resampling without reading it (from ``adapter.num_samples(i)``). Nothing is kept, so
-    memory stays flat however large the file; each DataLoader worker reads through the
-    adapter, which must open its own file handle per process.
+    ``signals[i]`` reads and preprocesses record i; ``window(i, start, stop)`` only the samples
+    [start, stop) of it, reading and filtering just the span they depend on (``preprocess_span``:
+    the window plus the band-pass settling margin, through ``adapter.load_span``), so a crop of a
+    long record costs about the crop, not the record; ``length(i)`` gives its length after
+    resampling without reading it (from ``adapter.num_samples(i)``). Nothing is kept, so memory
+    stays flat however large the file; each DataLoader worker reads through the adapter, which
+    must open its own file handle per process.
     """
 
     def __init__(self, adapter: ECGAdapter, cfg: dict):
@@ -87,6 +91,14 @@ class LazySignals(Sequence):
     def __getitem__(self, i: int) -> np.ndarray:
         return preprocess(self.adapter.load(int(i)), self.fs_in, self.cfg)
 
+    def window(self, i: int, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) of ``self[i]`` (to its end at most); equal to cutting the whole
+        preprocessed record to about ``transforms.SETTLE_TOLERANCE`` of the signal's amplitude."""
+        i = int(i)
+        stop = min(stop, self.length(i))
+        return preprocess_span(lambda a, b: self.adapter.load_span(i, a, b), self.adapter.num_samples(i),
+                               self.fs_in, self.cfg, start, stop)
+
     def length(self, i: int) -> int:
         return resampled_length(self.adapter.num_samples(int(i)), self.fs_in, self.fs_out)
 
@@ -94,6 +106,11 @@ class LazySignals(Sequence):
 def record_length(signals: Sequence[np.ndarray], i: int) -> int:
     """Samples in record i, without reading it when the signals are lazy."""
     return signals.length(i) if isinstance(signals, LazySignals) else signals[i].shape[1]
+
+
+def record_window(signals: Sequence[np.ndarray], i: int, start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) of record i (to its end at most); a lazy record is read only around them."""
+    return signals.window(i, start, stop) if isinstance(signals, LazySignals) else signals[i][:, start:stop]
 
 
 def load_signals(adapter: ECGAdapter, cfg: dict, dataset: str = "data",
@@ -218,9 +235,8 @@ class TrainWindows(torch.utils.data.Dataset):
         n = len(self.index)
         record = self.index[position % n]
         rng = np.random.default_rng([self.seed, self.epoch, position])
-        signal = self.signals[record]
-        if signal.shape[1] > self.window:
-            signal = random_crop(signal, self.window, rng)
+        start = crop_start(record_length(self.signals, record), self.window, rng)   # chosen before reading
+        signal = record_window(self.signals, record, start, start + self.window)
         # Normalise and augment the real samples only, then pad with zeros: padding normalised
         # with the record would turn into -mean/std per lead (and bias per-record statistics).
         x = self.normalizer(signal)
@@ -233,11 +249,18 @@ class TrainWindows(torch.utils.data.Dataset):
         return torch.from_numpy(np.array(x, np.float32, order="C")), torch.as_tensor(self.targets[record])
 
 
+#: lazy signals: evaluation preprocesses this many windows' length of a record at a time (plus the
+#: filter margin once), which its consecutive windows are cut from; one such block is kept
+EVAL_BLOCK_WINDOWS = 8
+
+
 class EvalWindows(torch.utils.data.Dataset):
     """All sliding windows of the records in ``index``; items are (window, record position).
 
     With ``pad=False`` (full-length mode) a record shorter than the window is one item of its
-    own length, and items are ordered by length so padded batches waste little.
+    own length, and items are ordered by length so padded batches waste little. Lazy signals are
+    read a block of ``EVAL_BLOCK_WINDOWS`` windows at a time (``LazySignals.window``), never a
+    whole record per window; memory holds one block, whatever the records' length.
     """
 
     def __init__(self, signals: Sequence[np.ndarray], index: np.ndarray, window: int, stride: int,
@@ -248,17 +271,27 @@ class EvalWindows(torch.utils.data.Dataset):
         if not pad:
             self.items.sort(key=lambda item: min(lengths[item[0]], window))
         self.index = index
+        self._block: tuple[int, int, np.ndarray] = (-1, 0, np.zeros((0, 0), np.float32))  # (record, start, samples)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
         pos, start = self.items[i]
-        signal = self.signals[self.index[pos]]
-        x = self.normalizer(signal[:, start:start + self.window])   # real samples first, then zero padding
+        x = self.normalizer(self._window(self.index[pos], start))   # real samples first, then zero padding
         if self.pad:
             x = crop_or_pad(x, self.window)
         return torch.from_numpy(np.array(x, np.float32, order="C")), pos
+
+    def _window(self, record: int, start: int) -> np.ndarray:
+        if not isinstance(self.signals, LazySignals):
+            return self.signals[record][:, start:start + self.window]
+        stop = min(start + self.window, self.signals.length(record))
+        cached, first, block = self._block
+        if cached != record or start < first or stop > first + block.shape[1]:
+            first, block = start, self.signals.window(record, start, start + EVAL_BLOCK_WINDOWS * self.window)
+            self._block = (record, first, block)
+        return block[:, start - first:stop - first]
 
 
 def pad_collate(batch: list[tuple[torch.Tensor, object]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -284,10 +317,18 @@ def unpack_batch(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None
 class BucketBatchSampler(torch.utils.data.Sampler):
     """Batches of similar length for full-length training: the epoch's positions (from any
     sampler) are taken in pools of ``batch_size * pool_batches``, each pool is sorted by record
-    length and cut into batches, and the batches are shuffled; padding then stays small."""
+    length and cut into batches, and the batches are shuffled; padding then stays small.
 
-    def __init__(self, sampler, lengths: np.ndarray, batch_size: int, pool_batches: int = 50):
+    Under DDP (``world_size`` > 1) ``batch_size`` is the global batch: every rank forms the same
+    batches and takes every ``world_size``-th item of each from ``rank`` (a batch is first padded to
+    a multiple of ``world_size`` by repeating its first items), so every rank takes the same number
+    of steps, each step covers the batch one process would take, and each rank's share spans the
+    batch's lengths alike."""
+
+    def __init__(self, sampler, lengths: np.ndarray, batch_size: int, pool_batches: int = 50,
+                 rank: int = 0, world_size: int = 1):
         self.sampler, self.lengths, self.batch_size, self.pool = sampler, lengths, batch_size, pool_batches
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -299,9 +340,12 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         for start in range(0, len(positions), size):
             pool = positions[start:start + size]
             pool = pool[np.argsort(self.lengths[pool % len(self.lengths)], kind="stable")]
-            batches += [pool[i:i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size)]
+            batches += [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
         order = np.random.default_rng([self.sampler.seed, self.sampler.epoch, 1]).permutation(len(batches))
-        return iter([batches[i] for i in order])
+        if self.world_size > 1:
+            w = self.world_size
+            return iter([np.resize(batches[i], -(-len(batches[i]) // w) * w)[self.rank::w].tolist() for i in order])
+        return iter([batches[i].tolist() for i in order])
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)

@@ -15,7 +15,8 @@ record (``bandpass_hz``; the framework's ``preprocess.bandpass_hz`` would filter
 beat on its own, which distorts it, so leave that null) and polyphase resampling of the whole
 record to ``fs``:
 
-* ``preset: none``: ``window_s = [before, after]`` seconds around the R peak, in mV.
+* ``preset: none``: ``beat_window_s = [before, after]`` seconds around the R peak, in mV (the
+  old name ``window_s`` is still read).
 * ``preset: kaggle``: the Kaggle "heartbeat" style of Kachuee et al. 2018 (125 Hz, 187 samples,
   amplitude in [0, 1], zero padded); see ``kaggle_beat_lengths`` and experiments/mitdb/README.md
   for the procedure and where it differs from theirs.
@@ -91,7 +92,7 @@ DS2 = ("100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "21
        "219", "221", "222", "228", "231", "232", "233", "234")
 PACED = ("102", "104", "107", "217")
 
-DEFAULT_WINDOW_S = (0.25, 0.45)
+DEFAULT_BEAT_WINDOW_S = (0.25, 0.45)
 KAGGLE_FS = 125.0
 KAGGLE_SAMPLES = 187
 KAGGLE_RR_WINDOW_S = 10.0      # T is the median RR interval of the 10 s window holding the beat
@@ -147,14 +148,15 @@ def minmax01(x: np.ndarray) -> np.ndarray:
     return ((x - low) / (high - low) if high > low else np.zeros_like(x)).astype(np.float32)
 
 
-@DATASETS.register("mitdb")
+@DATASETS.register("mitdb", renamed={"window_s": "beat_window_s"})
 class MITDB(ECGAdapter):
     """
     Args:
         root: folder with RECORDS and <record>.hea/.dat/.atr (the PhysioNet layout).
         lead: signal name to cut beats from; records without it are left out (listed in skipped).
-        preset: ``none`` (window_s around the R peak, mV) or ``kaggle`` (Kachuee et al. 2018 style).
-        window_s: [before, after] the R peak in seconds (preset none; default [0.25, 0.45]).
+        preset: ``none`` (beat_window_s around the R peak, mV) or ``kaggle`` (Kachuee et al. 2018 style).
+        beat_window_s: [before, after] the R peak in seconds that make one beat (preset none; default
+            [0.25, 0.45]); ``input.window_s`` then defaults to their sum.
         fs: target rate in Hz (default: 360, the source rate; 125 with the kaggle preset).
         edge: ``pad`` (zero-pad beats at a record edge) or ``drop`` (leave them out).
         bandpass_hz: [low, high] zero-phase Butterworth on the whole record before cutting; null = off.
@@ -167,19 +169,20 @@ class MITDB(ECGAdapter):
     """
 
     def __init__(self, root: str, lead: str = "MLII", preset: Literal["none", "kaggle"] = "none",
-                 window_s: Optional[Sequence[float]] = None, fs: Optional[float] = None,
+                 beat_window_s: Optional[Sequence[float]] = None, fs: Optional[float] = None,
                  edge: Literal["pad", "drop"] = "pad", bandpass_hz: Optional[Sequence[float]] = None,
                  filter_order: int = 3, split_mode: Literal["intra", "inter"] = "inter",
                  record_names: Optional[Sequence[str]] = None, max_gap_s: float = 0.02, strict: bool = False):
         if preset == "kaggle":
-            if window_s is not None:
-                raise ConfigError("data.window_s: the kaggle preset cuts R peak -> R peak + 1.2 x median RR "
-                                  "(187 samples); remove window_s or use preset: none")
+            if beat_window_s is not None:
+                raise ConfigError("data.beat_window_s: the kaggle preset cuts R peak -> R peak + 1.2 x median RR "
+                                  "(187 samples); remove beat_window_s or use preset: none")
             if fs is not None and fs != KAGGLE_FS:
                 raise ConfigError(f"data.fs: the kaggle preset is defined at {KAGGLE_FS:g} Hz; remove fs")
-        window_s = tuple(DEFAULT_WINDOW_S if window_s is None else window_s)
-        if len(window_s) != 2 or min(window_s) < 0 or sum(window_s) <= 0:
-            raise ConfigError(f"data.window_s: give [before, after] seconds around the R peak, got {list(window_s)}")
+        beat_window_s = tuple(DEFAULT_BEAT_WINDOW_S if beat_window_s is None else beat_window_s)
+        if len(beat_window_s) != 2 or min(beat_window_s) < 0 or sum(beat_window_s) <= 0:
+            raise ConfigError(f"data.beat_window_s: give [before, after] seconds around the R peak, "
+                              f"got {list(beat_window_s)}")
         if fs is not None and fs <= 0:
             raise ConfigError(f"data.fs: must be positive, got {fs}")
         if bandpass_hz is not None and len(bandpass_hz) != 2:
@@ -197,9 +200,9 @@ class MITDB(ECGAdapter):
         if preset == "kaggle":
             self.before, self.length = 0, KAGGLE_SAMPLES
         else:
-            self.before = int(round(window_s[0] * self.fs))
-            self.length = self.before + int(round(window_s[1] * self.fs))
-        self.window_s = None if preset == "kaggle" else list(window_s)
+            self.before = int(round(beat_window_s[0] * self.fs))
+            self.length = self.before + int(round(beat_window_s[1] * self.fs))
+        self.beat_window_s = None if preset == "kaggle" else list(beat_window_s)
         self.record_length_s = self.length / self.fs
         self._records: Optional[RecordSet] = None
         self._sources: list[dict] = []          # per source record: name, path, fs, dat file
@@ -413,7 +416,7 @@ class MITDB(ECGAdapter):
         for meta in self._sources:
             files += [self.root / f"{meta['name']}.hea", self.root / f"{meta['name']}.atr"]
             files += [self.root / f for f in meta["files"]]
-        settings = {"lead": self.lead, "preset": self.preset, "fs": self.fs, "window_s": self.window_s,
+        settings = {"lead": self.lead, "preset": self.preset, "fs": self.fs, "beat_window_s": self.beat_window_s,
                     "edge": self.edge, "bandpass_hz": self.bandpass_hz, "filter_order": self.filter_order,
                     "split_mode": self.split_mode, "record_names": self.record_names,
                     "max_gap_s": self.max_gap_s, "version": 2}

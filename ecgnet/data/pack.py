@@ -1,4 +1,4 @@
-"""Pack any adapter's records into one file in ecgnet's HDF5 layout (see :mod:`ecgnet.data.hdf5`).
+"""Pack any adapter's records into one file in ecgnet's HDF5 layout (described in :mod:`ecgnet.data.hdf5`).
 
 ``pack_adapter`` reads every record through ``adapter.load``, applies the ``preprocess``
 section's once-per-record steps (``fs`` resampling, ``bandpass_hz``; not normalisation, which is
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..registry import ConfigError, DataError
 from .base import ECGAdapter, RecordSet
-from .hdf5 import FORMAT, VERSION
+from .hdf5_layout import FORMAT, VERSION
 from .transforms import preprocess
 
 log = logging.getLogger(__name__)

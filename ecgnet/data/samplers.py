@@ -3,6 +3,8 @@ is reseeded per epoch from (seed, epoch), so a resumed run draws the same batche
 
 Positions >= n (the subset size) mark oversampled duplicates: position p stands for
 record p % n, and the dataset adds noise to it (random oversampling with noise).
+
+Under DDP every rank draws the same epoch and ``ShardedSampler`` gives each its share.
 """
 from __future__ import annotations
 
@@ -85,3 +87,29 @@ class OversampleSampler(EpochSampler):
 
     def positions(self):
         return self.rng().permutation(self._all)
+
+
+def shard(positions: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Rank ``rank``'s share of positions every rank holds alike: padded to a multiple of
+    ``world_size`` by repeating the first ones, then every ``world_size``-th from ``rank`` (as
+    ``DistributedSampler``), so every rank gets the same count and takes the same number of steps."""
+    if world_size == 1:
+        return positions
+    return np.resize(positions, -(-len(positions) // world_size) * world_size)[rank::world_size]
+
+
+class ShardedSampler(torch.utils.data.Sampler):
+    """One rank's share of ``sampler``'s epoch. With a local batch of B / world_size, step s of the
+    ranks together covers positions [s*B, (s+1)*B) of the epoch: the batches of one process."""
+
+    def __init__(self, sampler: EpochSampler, rank: int = 0, world_size: int = 1):
+        self.sampler, self.rank, self.world_size = sampler, rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(shard(self.sampler.positions(), self.rank, self.world_size).tolist())
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.world_size)

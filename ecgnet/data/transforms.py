@@ -2,8 +2,9 @@
 and the registered training augmentations."""
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from scipy import signal as sps
@@ -32,15 +33,79 @@ def resampled_length(n: int, fs_in: float, fs_out: float) -> int:
     return -(-n * ratio.numerator // ratio.denominator)
 
 
-def bandpass(x: np.ndarray, fs: float, low_hz: float, high_hz: float, order: int = 3) -> np.ndarray:
-    """Zero-phase Butterworth band-pass; removes baseline wander and high-frequency noise."""
-    nyquist = fs / 2
+def resample_reach(fs_in: float, fs_out: float) -> int:
+    """Input samples on either side of an output sample of ``resample`` that it depends on:
+    resample_poly's default FIR filter spans 10 * max(up, down) samples either side at the
+    upsampled rate, i.e. that divided by ``up`` input samples (+1 for rounding)."""
+    ratio = _ratio(fs_in, fs_out)
+    return -(-10 * max(ratio.numerator, ratio.denominator) // ratio.numerator) + 1
+
+
+def resample_span(read: Callable[[int, int], np.ndarray], n_in: int, start: int, stop: int,
+                  fs_in: float, fs_out: float) -> np.ndarray:
+    """Samples [start, stop) of ``resample(x, fs_in, fs_out)`` for a signal x of ``n_in`` samples
+    that ``read(a, b)`` returns piece by piece (x[:, a:b]), reading only what they depend on.
+
+    Equal to cutting the resampled whole signal: the piece read starts on a multiple of the
+    down factor, so its output samples fall on the whole signal's output grid, and reaches
+    ``resample_reach`` past the span on each side (or to the signal's end, as the whole one does).
+    """
+    if fs_in == fs_out:
+        return read(start, stop)
+    ratio = _ratio(fs_in, fs_out)
+    up, down = ratio.numerator, ratio.denominator
+    reach = resample_reach(fs_in, fs_out)
+    first = max(0, (start * down // up - reach) // down * down)
+    last = min(n_in, -(-stop * down // up) + reach)
+    offset = first * up // down                  # output index of input sample ``first``
+    return resample(read(first, last), fs_in, fs_out)[:, start - offset:stop - offset]
+
+
+@functools.lru_cache(maxsize=64)      # designing it takes longer than filtering a 10 s crop
+def bandpass_sos(fs: float, low_hz: float, high_hz: float, order: int = 3) -> np.ndarray:
+    """The Butterworth band-pass ``bandpass`` applies, as second-order sections (shared: don't modify)."""
     if not 0 < low_hz < high_hz:
         raise ConfigError(f"preprocess.bandpass_hz: need 0 < low < high, got [{low_hz}, {high_hz}]")
-    high_hz = min(high_hz, 0.95 * nyquist)   # a cut-off above Nyquist is meaningless at low fs
-    sos = sps.butter(order, [low_hz, high_hz], btype="bandpass", fs=fs, output="sos")
+    high_hz = min(high_hz, 0.95 * fs / 2)   # a cut-off above Nyquist is meaningless at low fs
+    return sps.butter(order, [low_hz, high_hz], btype="bandpass", fs=fs, output="sos")
+
+
+def bandpass(x: np.ndarray, fs: float, low_hz: float, high_hz: float, order: int = 3) -> np.ndarray:
+    """Zero-phase Butterworth band-pass; removes baseline wander and high-frequency noise."""
+    sos = bandpass_sos(fs, low_hz, high_hz, order)
     padlen = min(x.shape[-1] - 1, 3 * (2 * len(sos) + 1))
     return sps.sosfiltfilt(sos, x, axis=-1, padlen=padlen).astype(np.float32)
+
+
+#: the band-pass margin around a piece of a record leaves this much of the filter's impulse response
+#: (sum of |h|) outside it, so the filtered piece matches the filtered whole record to about this
+#: fraction of the signal's amplitude (a few 1e-6 of the peak measured on ECG with baseline wander)
+SETTLE_TOLERANCE = 1e-5
+
+
+@functools.lru_cache(maxsize=64)
+def bandpass_settle_samples(fs: float, low_hz: float, high_hz: float, order: int = 3,
+                            tolerance: float = SETTLE_TOLERANCE) -> int:
+    """Samples after which the band-pass has forgotten where its input started: the smallest n
+    with sum(|h[m]|, m >= n) <= ``tolerance``, h the filter's impulse response.
+
+    Why this bounds the error of filtering a piece instead of the whole record: the forward pass
+    over a piece that starts n samples before a window differs there from the whole record's only
+    by the filter's response to the input before the piece (the whole record's samples versus the
+    piece's edge padding), which is at most (their difference) x that tail sum; the backward pass
+    likewise from the piece's end. The slowest poles sit near the low cut-off, so this is about
+    3.9 / low_hz seconds for order 3 (7.7 s at 0.5 Hz) and grows as the low cut-off drops.
+    """
+    sos = bandpass_sos(fs, low_hz, high_hz, order)
+    radius = float(np.abs(sps.sos2zpk(sos)[1]).max())
+    # the response decays as radius^n (times a polynomial for repeated poles): 4x the samples
+    # radius^n needs to reach the tolerance is ample to find where the tail sum does
+    n = int(4 * np.log(tolerance) / np.log(radius)) + 1
+    impulse = np.zeros(n)
+    impulse[0] = 1.0
+    tail = np.cumsum(np.abs(sps.sosfilt(sos, impulse))[::-1])[::-1]    # tail[k] = sum |h[k:]|
+    settled = np.flatnonzero(tail <= tolerance)
+    return int(settled[0]) if len(settled) else n
 
 
 def preprocess(x: np.ndarray, fs: float, cfg: dict) -> np.ndarray:
@@ -53,6 +118,23 @@ def preprocess(x: np.ndarray, fs: float, cfg: dict) -> np.ndarray:
         low, high = cfg["bandpass_hz"]
         x = bandpass(x, fs, float(low), float(high), cfg["filter_order"])
     return x
+
+
+def preprocess_span(read: Callable[[int, int], np.ndarray], n_in: int, fs: float, cfg: dict,
+                    start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) (at the output rate) of ``preprocess(x, fs, cfg)`` for a record x of
+    ``n_in`` samples that ``read(a, b)`` returns piece by piece, reading and filtering only the
+    span plus ``bandpass_settle_samples`` on each side (and the resampling reach), clipped at the
+    record's ends, where the piece has the whole record's edges. Matches cutting the preprocessed
+    whole record to about ``SETTLE_TOLERANCE`` of the signal's amplitude."""
+    fs_out = cfg["fs"] or fs
+    band = None if cfg["bandpass_hz"] is None else (fs_out, *map(float, cfg["bandpass_hz"]), cfg["filter_order"])
+    margin = bandpass_settle_samples(*band) if band else 0
+    first, last = max(0, start - margin), min(resampled_length(n_in, fs, fs_out), stop + margin)
+    x = resample_span(lambda a, b: np.nan_to_num(np.asarray(read(a, b), np.float32)), n_in, first, last, fs, fs_out)
+    if band:
+        x = bandpass(x, *band)
+    return x[:, start - first:stop - first]
 
 
 class Normalizer:
@@ -108,9 +190,9 @@ def crop_or_pad(x: np.ndarray, length: int, start: int = 0) -> np.ndarray:
     return out
 
 
-def random_crop(x: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-    start = int(rng.integers(0, x.shape[1] - length + 1)) if x.shape[1] > length else 0
-    return crop_or_pad(x, length, start)
+def crop_start(n_samples: int, length: int, rng: np.random.Generator) -> int:
+    """Start of a random ``length``-sample crop of ``n_samples`` (0, drawing nothing, when it fits)."""
+    return int(rng.integers(0, n_samples - length + 1)) if n_samples > length else 0
 
 
 def window_starts(n_samples: int, length: int, stride: int) -> list[int]:

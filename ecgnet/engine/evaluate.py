@@ -24,6 +24,7 @@ from ..registry import ConfigError, DataError
 from ..reports import per_class_table, summary_table, write_json, write_model_report
 from ..thresholds import decide
 from .checkpoint import load_checkpoint
+from .distributed import resolve_num_workers
 from .predict import amp_dtype, describe_amp, predict, predict_many, resolve_device, to_units
 from .run import git_commit, prepare_data
 
@@ -164,7 +165,7 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
     dtype = amp_dtype(cfg["train"]["amp"], device)
     log.info("%s", describe_amp(cfg["train"]["amp"], device, dtype))
     tcfg = cfg["train"]
-    loader_args = {"num_workers": tcfg["num_workers"], "pin_memory": device.type == "cuda",
+    loader_args = {"num_workers": resolve_num_workers(tcfg["num_workers"], device), "pin_memory": device.type == "cuda",
                    "log_every_s": tcfg["log_every_s"]}
     names = [p.parent.name if len(paths) > 1 else "model" for p in paths]
     curves, results, probs_all, decisions_all = {}, {}, [], []

@@ -4,6 +4,12 @@ models, and leave everything in ``runs/<name>/``.
 Layout: ``config.yaml`` (resolved), ``env.json``, ``splits.json``, ``train.log`` and, per model,
 ``best.pt last.pt history.csv tb/`` — directly in the run directory for one model,
 in ``fold{k}/`` for k-fold.
+
+Under torchrun (``torchrun --nproc_per_node N tools/train.py ...``) the N processes train each
+model together with DDP (see ``trainer``), folds one after another. Rank 0 chooses the run
+directory and hands it to the others, reads the data first (filling the cache the others then
+read), and alone writes the files above; an error it meets before training is raised on every rank.
+``resume`` works the same way under torchrun, with any number of processes.
 """
 from __future__ import annotations
 
@@ -26,8 +32,8 @@ from ..data.dataset import load_signals, record_length
 from ..data.splits import make_splits
 from ..registry import ConfigError, DataError
 from ..reports import write_json
+from . import distributed
 from .checkpoint import load_checkpoint, seed_everything
-from .predict import resolve_device
 from .trainer import PreparedData, Trainer, check_monitor
 
 log = logging.getLogger(__name__)
@@ -102,7 +108,8 @@ def git_commit() -> str | None:
 def _env(cfg: dict) -> dict:
     return {"command": sys.argv, "ecgnet": __version__, "git_commit": git_commit(), "python": platform.python_version(),
             "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform(),
-            "device": str(resolve_device(cfg["train"]["device"])), "seed": cfg["seed"],
+            "device": str(distributed.process_device(cfg["train"]["device"])), "seed": cfg["seed"],
+            "processes": distributed.world_size(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -118,25 +125,37 @@ def train(cfg: dict, work_dir: str | None = None, folds: int | None = None) -> P
     if folds is not None:
         cfg = {**cfg, "kfold": {**cfg.get("kfold", {}), "folds": folds}}
     cfg = resolve_config(cfg)
+    with distributed.session(cfg["train"]["device"]):
+        run_dir, created = distributed.on_main(lambda: _start_run_dir(cfg, work_dir))
+        try:
+            return _run(cfg, run_dir)
+        except BaseException as err:       # also Ctrl-C
+            saved = any(run_dir.rglob("*.pt"))
+            if not saved and distributed.is_main():   # nothing trained yet: leave nothing that blocks --work-dir
+                _discard(run_dir, created)
+            if isinstance(err, KeyboardInterrupt):    # the CLI prints what to do next
+                err.what_now = f"continue with --resume {run_dir}" if saved else "nothing was saved; start again"
+            raise
+
+
+def _start_run_dir(cfg: dict, work_dir: str | None) -> tuple[Path, bool]:
+    """Choose the run directory and write config.yaml and env.json -> (directory, created by us)."""
     run_dir = _new_run_dir(cfg, work_dir)
     created = not run_dir.exists()
     try:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, run_dir / "config.yaml")
-            write_json(_env(cfg), run_dir / "env.json")
-        except OSError as err:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+        write_json(_env(cfg), run_dir / "env.json")
+    except BaseException as err:       # also Ctrl-C
+        _discard(run_dir, created)
+        if isinstance(err, KeyboardInterrupt):
+            err.what_now = "nothing was saved; start again"
+        if isinstance(err, OSError):
             where = f"--work-dir {work_dir}" if work_dir is not None else f"work_dir {cfg['work_dir']}"
             raise DataError(f"{where}: cannot write the run directory {run_dir} ({err.strerror or err}); "
                             "choose a writable directory") from None
-        return _run(cfg, run_dir)
-    except BaseException as err:       # also Ctrl-C
-        saved = any(run_dir.rglob("*.pt"))
-        if not saved:                   # nothing trained yet: leave nothing that blocks --work-dir
-            _discard(run_dir, created)
-        if isinstance(err, KeyboardInterrupt):    # the CLI prints what to do next
-            err.what_now = f"continue with --resume {run_dir}" if saved else "nothing was saved; start again"
         raise
+    return run_dir, created
 
 
 def _discard(run_dir: Path, created: bool) -> None:
@@ -163,11 +182,12 @@ def resume(run_dir: str | Path) -> Path:
         raise ConfigError(f"{path}: {err}") from None
     for last in sorted(run_dir.glob("last.pt")) + sorted(run_dir.glob("fold*/last.pt")):
         _check_unchanged(cfg, load_checkpoint(last)["config"], path, last)
-    try:
-        return _run(cfg, run_dir)
-    except KeyboardInterrupt as err:
-        err.what_now = f"continue with --resume {run_dir}"
-        raise
+    with distributed.session(cfg["train"]["device"]):
+        try:
+            return _run(cfg, run_dir)
+        except KeyboardInterrupt as err:
+            err.what_now = f"continue with --resume {run_dir}"
+            raise
 
 
 def _check_unchanged(cfg: dict, trained: dict, path: Path, ckpt: Path) -> None:
@@ -210,18 +230,21 @@ def _save_splits(splits: dict, path: Path) -> None:
 
 
 def _run(cfg: dict, run_dir: Path) -> Path:
-    handler = _log_to_file(run_dir)
+    main = distributed.is_main()
+    handler = _log_to_file(run_dir) if main else None
     started = time.time()
     try:
+        distributed.local_batch_size(cfg["train"]["batch_size"])    # an uneven split is refused before the data is read
         seed_everything(cfg["seed"])
-        data = prepare_data(cfg, progress=cfg["train"]["progress"] == "on" or sys.stderr.isatty(),
-                            check_training=True)
+        progress = main and (cfg["train"]["progress"] == "on" or sys.stderr.isatty())
+        data = distributed.main_first(lambda: prepare_data(cfg, progress=progress, check_training=True))
         folds = cfg["kfold"]["folds"]
         splits = make_splits(data.records, cfg["split"], folds)
         ids = np.asarray(data.records.ids)
-        _save_splits({"skipped": data.records.skipped, "test": ids[splits["test"]].tolist(),
-                      "folds": [{"train": ids[t].tolist(), "val": ids[v].tolist()} for t, v in splits["folds"]]},
-                     run_dir / "splits.json")
+        distributed.on_main(lambda: _save_splits(
+            {"skipped": data.records.skipped, "test": ids[splits["test"]].tolist(),
+             "folds": [{"train": ids[t].tolist(), "val": ids[v].tolist()} for t, v in splits["folds"]]},
+            run_dir / "splits.json"))
         log.info("%d records (%s), %d classes, %d test; %d model(s)", len(ids),
                  "multi-label" if data.records.multilabel else "single-label", data.records.num_classes,
                  len(splits["test"]), len(splits["folds"]))
@@ -235,9 +258,11 @@ def _run(cfg: dict, run_dir: Path) -> Path:
             log.info("fold %d: %d train / %d val records", k, len(train_idx), len(val_idx))
             trainer = Trainer(cfg, data, {"train": train_idx, "val": val_idx, "test": splits["test"]}, out_dir, k)
             summary[out_dir.name] = trainer.fit()
-        write_json(summary, run_dir / "val_summary.json")
-        _record_wall_time(run_dir, time.time() - started)
+        if main:
+            write_json(summary, run_dir / "val_summary.json")
+            _record_wall_time(run_dir, time.time() - started)
     finally:
-        logging.getLogger("ecgnet").removeHandler(handler)
-        handler.close()
+        if handler:
+            logging.getLogger("ecgnet").removeHandler(handler)
+            handler.close()
     return run_dir

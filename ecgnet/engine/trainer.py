@@ -1,5 +1,18 @@
 """One model's training: the epoch loop, validation, early stopping, checkpoints,
-and the per-class thresholds tuned on validation at the end."""
+and the per-class thresholds tuned on validation at the end.
+
+Under torchrun (``engine.distributed``) every rank runs this Trainer on its share of the data:
+``train.batch_size`` is the global batch (batch_size / N per rank, the same steps per epoch and
+schedule as one process), the model is wrapped in DistributedDataParallel, and BatchNorm keeps
+per-rank batch statistics (``train.sync_bn``: synchronised on CUDA). Validation is split over the
+ranks by record and gathered, so every rank scores the same predictions and takes rank 0's metrics:
+early stopping and the best epoch agree everywhere. Rank 0 alone writes checkpoints, history.csv
+and TensorBoard; checkpoints hold the plain model's state dict (no ``module.`` prefix), whether
+trained with DDP, ``train.compile`` or neither.
+
+``train.compile`` compiles the training step's model; validation runs the plain model, whose
+variable-length batches would otherwise be recompiled shape after shape.
+"""
 from __future__ import annotations
 
 import csv
@@ -18,13 +31,15 @@ from tqdm import tqdm
 from ..build import build, build_augmentations
 from ..data.base import ECGAdapter, RecordSet
 from ..data.dataset import BucketBatchSampler, EvalWindows, TrainWindows, pad_collate, record_length, unpack_batch
+from ..data.samplers import ShardedSampler
 from ..data.transforms import Normalizer
 from ..metrics import classification_metrics, summary
 from ..models import accepts_lengths
 from ..registry import ConfigError, hint
 from ..thresholds import decide, tune_thresholds
+from . import distributed
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .predict import ProgressLog, amp_dtype, autocast, describe_amp, forward, predict, resolve_device, to_units
+from .predict import ProgressLog, amp_dtype, autocast, describe_amp, forward, predict, to_units
 from .transfer import freeze, init_from_checkpoint, keep_frozen_norms_in_eval
 
 log = logging.getLogger(__name__)
@@ -80,14 +95,22 @@ class Trainer:
         out_dir.mkdir(parents=True, exist_ok=True)
         tcfg = cfg["train"]
         self.seed = cfg["seed"] + fold
-        self.device = resolve_device(tcfg["device"])
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        local_batch = distributed.local_batch_size(tcfg["batch_size"])
+        self.device = distributed.process_device(tcfg["device"])
         self.dtype = amp_dtype(tcfg["amp"], self.device)
         self._announce(describe_amp(tcfg["amp"], self.device, self.dtype))
         # deterministic kernels cost speed on CUDA; on CPU the default kernels are already repeatable
         torch.use_deterministic_algorithms(tcfg["deterministic"], warn_only=True)
-        torch.backends.cudnn.benchmark = self.device.type == "cuda" and not tcfg["deterministic"]
+        # the autotuner runs once per input shape: worth it for fixed windows, not for a new length every batch
+        torch.backends.cudnn.benchmark = (self.device.type == "cuda" and not tcfg["deterministic"]
+                                          and not data.full_length)
         records = data.records
         train_idx = split["train"]
+        if len(split["val"]) < self.world_size:
+            raise ConfigError(f"split.val_fraction: fold {fold} has {len(split['val'])} validation record(s) for "
+                              f"{self.world_size} processes, which validate a share each; raise it or use fewer "
+                              "processes")
 
         self.normalizer = Normalizer(cfg["preprocess"]["normalize"]).fit(data.signals[i] for i in train_idx)
         torch.manual_seed(self.seed)   # model initialisation depends on the seed only
@@ -102,24 +125,32 @@ class Trainer:
         if cfg["model"]["freeze"]:
             freeze(self.model, cfg["model"]["freeze"])
         self.model.to(self.device)
+        if tcfg["sync_bn"] and self.world_size > 1:
+            self.model = self._sync_batchnorm(self.model)
         self.loss_fn = build("loss", cfg, multilabel=records.multilabel,
                              class_counts=records.class_counts(train_idx)).to(self.device)
         self.sampler = build("sampler", cfg, labels=records.multi_hot(train_idx), seed=self.seed)
         self.train_set = TrainWindows(data.signals, data.targets, train_idx, data.window, self.normalizer,
                                       build_augmentations(cfg, data.fs),
                                       getattr(self.sampler, "noise_std", 0.0), self.seed, pad=not data.full_length)
-        loader_args = {"num_workers": tcfg["num_workers"], "pin_memory": self.device.type == "cuda"}
-        self.loader_args = loader_args     # validation reads its windows the same way
+        workers = distributed.resolve_num_workers(tcfg["num_workers"], self.device)
+        self.loader_args = {"num_workers": workers, "pin_memory": self.device.type == "cuda"}   # validation's too
+        loader_args = {**self.loader_args, "persistent_workers": workers > 0}
+        # every rank draws the same epoch from (seed, epoch) and takes its share of it
         if data.full_length:
             lengths = np.array([record_length(data.signals, i) for i in train_idx])
-            self.train_loader = torch.utils.data.DataLoader(
-                self.train_set, batch_sampler=BucketBatchSampler(self.sampler, lengths, tcfg["batch_size"]),
-                collate_fn=pad_collate, **loader_args)
+            batches = BucketBatchSampler(self.sampler, lengths, tcfg["batch_size"], rank=self.rank,
+                                         world_size=self.world_size)
+            self.train_loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=batches,
+                                                            collate_fn=pad_collate, **loader_args)
         else:
-            self.train_loader = torch.utils.data.DataLoader(
-                self.train_set, batch_size=tcfg["batch_size"], sampler=self.sampler, **loader_args)
-        self.val_windows = EvalWindows(data.signals, split["val"], data.window, data.stride, self.normalizer,
-                                       pad=not data.full_length)
+            shard = ShardedSampler(self.sampler, self.rank, self.world_size)
+            self.train_loader = torch.utils.data.DataLoader(self.train_set, batch_size=local_batch, sampler=shard,
+                                                            **loader_args)
+        # each rank validates every world_size-th record; the predictions are gathered (see validate)
+        self.val_share = np.arange(self.rank, len(split["val"]), self.world_size)
+        self.val_windows = EvalWindows(data.signals, split["val"][self.val_share], data.window, data.stride,
+                                       self.normalizer, pad=not data.full_length)
         steps = len(self.train_loader)
         self.optimizer = build("optimizer", cfg, params=[p for p in self.model.parameters() if p.requires_grad])
         self.scheduler = build("schedule", cfg, optimizer=self.optimizer, steps_per_epoch=steps, epochs=tcfg["epochs"])
@@ -131,14 +162,29 @@ class Trainer:
         self.thresholds = None
         if resuming:
             self._restore(load_checkpoint(out_dir / "last.pt"))
+        # what the training step runs: the model, in DDP under torchrun, compiled with train.compile;
+        # self.model stays the plain module (checkpoints, validation)
+        self.train_model = self.model
+        if self.world_size > 1:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if tcfg["compile"]:
+            # dynamic shapes from the start: one compile also serves the epoch's short last batch (static
+            # shapes compile a second time for it, for the same step time)
+            self.train_model = torch.compile(self.train_model, dynamic=True)
+            if data.full_length:
+                self._announce("train.compile with input.full_length: the masked layers recompile for new batch "
+                               "lengths until torch's recompile limit, then run uncompiled; expect little speed-up",
+                               logging.WARNING)
 
     # ---- the loop ----
     def train_one_epoch(self) -> float:
-        self.model.train()
+        self.train_model.train()
         keep_frozen_norms_in_eval(self.model)
         self.sampler.set_epoch(self.epoch)
         self.train_set.set_epoch(self.epoch)
-        torch.manual_seed(_epoch_seed(self.seed, self.epoch))   # dropout draws do not depend on history
+        # dropout draws do not depend on history; under DDP they differ between ranks, as between rows
+        torch.manual_seed(_epoch_seed(self.seed, self.epoch, *([self.rank] if self.world_size > 1 else [])))
         loss_sum, seen = torch.zeros((), device=self.device), 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg['train']['epochs']}",
                    leave=False, disable=not self._progress())
@@ -148,7 +194,7 @@ class Trainer:
             x, y, lengths = unpack_batch(batch)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with autocast(self.device, self.dtype):
-                loss = self.loss_fn(forward(self.model, x, lengths), y)
+                loss = self.loss_fn(forward(self.train_model, x, lengths), y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.cfg["train"]["clip_grad_norm"]:
@@ -161,21 +207,42 @@ class Trainer:
             loss_sum += loss.detach() * len(y)        # no .item() per step: it would sync a GPU
             seen += len(y)
             watch.step(i, len(y))                     # counts and the clock only: no sync
-        return (loss_sum / max(seen, 1)).item()
+        # every rank's mean of its local batch losses weighs its rows alike: the sums give the global mean
+        totals = distributed.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), device=self.device)]))
+        return (totals[0] / totals[1].clamp(min=1)).item()
 
     def validate(self, thresholds=None) -> tuple[dict, np.ndarray, np.ndarray]:
-        """-> (val/... metrics, probabilities (units, C), labels (units, C))."""
+        """-> (val/... metrics, probabilities (units, C), labels (units, C)); under DDP the same on every
+        rank: each predicts its share of the records, and all of them score the gathered predictions."""
         records = self.data.records
+        distributed.broadcast_buffers(self.model)          # evaluate the model rank 0 saves
         probs, loss = predict(self.model, self.val_windows, records.multilabel, self.device, self.dtype,
-                              self.cfg["train"]["eval_batch_size"], self.loss_fn, self.data.targets[self.split["val"]],
+                              self.cfg["train"]["eval_batch_size"], self.loss_fn,
+                              self.data.targets[self.split["val"][self.val_share]],
                               aggregate=self.cfg["eval"]["aggregate"], **self.loader_args,
                               log_every_s=self._log_every_s(), what=f"fold {self.fold} validation")
+        if self.world_size > 1:
+            probs, loss = self._gather(probs, loss)
         # scored per evaluation unit, as evaluate does, so thresholds and model selection see the same thing
         _, y, probs, _ = to_units(records, self.split["val"], probs, self.cfg["eval"]["aggregate"])
         decisions = decide(probs, thresholds, records.multilabel)
         metrics = classification_metrics(y, probs, decisions, records.class_names, records.multilabel)
         metrics.update(self.data.adapter.dataset_metrics(y, probs, decisions))
-        return {"val/loss": loss, **{f"val/{k}": v for k, v in summary(metrics).items()}}, probs, y
+        val = {"val/loss": loss, **{f"val/{k}": v for k, v in summary(metrics).items()}}
+        # rank 0's numbers everywhere: equal inputs give equal metrics already, but a last-bit difference
+        # (another CPU's numpy) must not split early stopping or the best epoch, or the ranks would hang
+        return distributed.broadcast_object(val), probs, y
+
+    def _gather(self, probs: np.ndarray, loss: float | None) -> tuple[np.ndarray, float | None]:
+        """Every rank's share of the validation predictions -> all of them, in record order, and the
+        mean window loss over all windows."""
+        shares = distributed.all_gather_object((self.val_share, probs, loss, len(self.val_windows)))
+        out = np.zeros((len(self.split["val"]), probs.shape[1]), np.float32)
+        for share, part, _, _ in shares:
+            out[share] = part
+        windows = sum(n for _, _, _, n in shares)
+        total = sum(part_loss * n for _, _, part_loss, n in shares if part_loss is not None)
+        return out, (total / windows if loss is not None and windows else None)
 
     def fit(self) -> dict:
         tcfg = self.cfg["train"]
@@ -197,12 +264,15 @@ class Trainer:
             patience = tcfg["early_stop_patience"]
             self.stopped = patience is not None and self.bad_epochs >= patience
             self.epoch += 1
-            if improved:
-                save_checkpoint(self.state_dict(), self.out_dir / "best.pt")
-            save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
-            self._log_epoch(row, writer, improved)
+            if self.rank == 0:
+                if improved:
+                    save_checkpoint(self.state_dict(), self.out_dir / "best.pt")
+                save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
+                self._log_epoch(row, writer, improved)
         if writer:
             writer.close()
+        # a collective: the other ranks also wait here until rank 0 has written best.pt for finalize
+        distributed.check_replicas(self.model, f"fold {self.fold}")
         return self.finalize()
 
     def finalize(self) -> dict:
@@ -218,11 +288,12 @@ class Trainer:
         elif records.multilabel:
             self.thresholds = [tcfg["default"]] * records.num_classes
         val, _, _ = self.validate(self.thresholds)
-        best.update(thresholds=self.thresholds, val_metrics=val, finished=True)
-        save_checkpoint(best, self.out_dir / "best.pt")
-        last = self.state_dict()
-        last["finished"] = True
-        save_checkpoint(last, self.out_dir / "last.pt")
+        if self.rank == 0:
+            best.update(thresholds=self.thresholds, val_metrics=val, finished=True)
+            save_checkpoint(best, self.out_dir / "best.pt")
+            last = self.state_dict()
+            last["finished"] = True
+            save_checkpoint(last, self.out_dir / "last.pt")
         log.info("fold %d: best %s = %s at epoch %s; with tuned thresholds: %s", self.fold,
                  self.cfg["train"]["monitor"], _fmt(self.best["value"]), self.best["epoch"],
                  ", ".join(f"{k}={_fmt(v)}" for k, v in val.items()))
@@ -261,6 +332,18 @@ class Trainer:
         set_rng_state(state["rng"])
         log.info("fold %d: resuming at epoch %d (step %d)", self.fold, self.epoch + 1, self.step)
 
+    def _sync_batchnorm(self, model: nn.Module) -> nn.Module:
+        """``train.sync_bn``: BatchNorm statistics over the global batch. SyncBatchNorm needs CUDA and has
+        no masked variant, so it takes fixed windows (there the masked layers get no lengths and are
+        plain BatchNorm1d); the state dict keys stay the same."""
+        if self.device.type != "cuda":
+            raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA devices; on the CPU each process "
+                              "normalises with its own batch, set train.sync_bn: false")
+        if self.data.full_length:
+            raise ConfigError("train.sync_bn: SyncBatchNorm would normalise the padding of input.full_length "
+                              "batches (it has no masked variant); set train.sync_bn: false")
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
     def _improved(self, value) -> bool:
         if value is None:
             return self.best["value"] is None and self.best["epoch"] is None
@@ -271,20 +354,20 @@ class Trainer:
     # ---- logging ----
     def _progress(self) -> bool:
         setting = self.cfg["train"]["progress"]
-        return setting == "on" or (setting == "auto" and sys.stderr.isatty())
+        return self.rank == 0 and (setting == "on" or (setting == "auto" and sys.stderr.isatty()))
 
     def _log_every_s(self) -> float | None:
         """Seconds between progress lines when tqdm is off; None when tqdm shows progress (or null)."""
         return None if self._progress() else self.cfg["train"]["log_every_s"]
 
-    def _announce(self, line: str) -> None:
+    def _announce(self, line: str, level: int = logging.INFO) -> None:
         """Log ``line`` once per run (the folds of a run share ``self.data``)."""
         if line not in self.data.announced:
             self.data.announced.add(line)
-            log.info("%s", line)
+            log.log(level, "%s", line)
 
     def _writer(self):
-        if not self.cfg["train"]["tensorboard"]:
+        if not self.cfg["train"]["tensorboard"] or self.rank != 0:
             return None
         from torch.utils.tensorboard import SummaryWriter   # imported lazily: slow, and optional per run
         return SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step or None)

@@ -82,7 +82,7 @@ class MaskedSequential(LengthAware, nn.Sequential):
 
     @property
     def length_stride(self) -> int:
-        return math.prod(m.length_stride for m in self if isinstance(m, LengthAware))
+        return math.prod([m.length_stride for m in self if isinstance(m, LengthAware)])   # a list: torch.compile breaks on a generator here
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(x) if lengths is None else masked_chain(self, x, lengths)[0]
