@@ -68,7 +68,7 @@ class Settings:
     eval_records: int = 512        # row 6
     compile: bool = True           # row 3: torch.compile case
     compile_skip: str = "skipped (--no-compile)"
-    workers: int | None = None     # loader workers; None: 0 on the CPU, 4 on CUDA
+    workers: int | None = None     # loader workers; None: as train.num_workers auto
 
     @classmethod
     def quick(cls, **changes) -> "Settings":
