@@ -77,6 +77,20 @@ def masked_chain(modules: Iterable[nn.Module], x: torch.Tensor,
     return x, lengths
 
 
+class StemBlocksHead(nn.Module):
+    """A classifier of three parts, ``self.stem``, ``self.blocks`` and ``self.head``, applied in turn,
+    with ``lengths`` threaded through them for padded batches (``masked_chain``)."""
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, leads, samples)`` -> logits ``(batch, num_classes)``; no sigmoid/softmax here.
+
+        ``lengths``: real samples per row of a batch zero-padded at the end (None: all real).
+        """
+        if lengths is None:
+            return self.head(self.blocks(self.stem(x)))
+        return masked_chain([self.stem, self.blocks, self.head], x, lengths)[0]
+
+
 class MaskedSequential(LengthAware, nn.Sequential):
     """``nn.Sequential`` that threads ``lengths`` through its children (see ``masked_chain``)."""
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..registry import MODELS
 from .layers import (ConvBnAct1d, LengthAware, MaskedBatchNorm1d, MaskedGlobalAvgPool1d, MaskedMaxPool1d,
-                     MaskedSequential, SamePadConv1d, call_masked, check_settings, masked_chain,
+                     MaskedSequential, SamePadConv1d, call_masked, check_settings, StemBlocksHead,
                      shrink_lengths)
 
 
@@ -58,7 +58,7 @@ class PreActBlock1d(LengthAware, nn.Module):
 
 
 @MODELS.register("resnet1d")
-class ResNet1d(nn.Module):
+class ResNet1d(StemBlocksHead):
     """Hannun et al. 2019 ResNet: 16 blocks of kernel 16, 32 -> 256 channels, 256x subsampling.
 
     Block ``i`` has ``base_width * 2 ** (i // widen_every)`` channels and stride 2 when ``i`` is odd.
@@ -82,12 +82,3 @@ class ResNet1d(nn.Module):
         self.head = MaskedSequential(MaskedBatchNorm1d(channels), nn.ReLU(inplace=True),
                                      MaskedGlobalAvgPool1d(), nn.Flatten(),
                                      nn.Linear(channels, num_classes))
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """``(batch, leads, samples)`` -> logits ``(batch, num_classes)``; no sigmoid/softmax here.
-
-        ``lengths``: real samples per row of a batch zero-padded at the end (None: all real).
-        """
-        if lengths is None:
-            return self.head(self.blocks(self.stem(x)))
-        return masked_chain([self.stem, self.blocks, self.head], x, lengths)[0]

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import nn
 
 from ..registry import MODELS
-from .layers import (ConvBnAct1d, MaskedSequential, ResidualBlock1d, check_settings, masked_chain,
+from .layers import (ConvBnAct1d, MaskedSequential, ResidualBlock1d, check_settings, StemBlocksHead,
                      projection_shortcut)
 from .xresnet1d import ConcatPoolHead, benchmark_init
 
@@ -48,7 +47,7 @@ class BasicBlock1d(ResidualBlock1d):
 
 
 @MODELS.register("resnet1d_wang")
-class ResNet1dWang(nn.Module):
+class ResNet1dWang(StemBlocksHead):
     """Stem conv + one basic residual block per width (stride 2 from the second), concat-pool head.
 
     ``kernel_size`` is the first conv's kernel in each block; the second has ``kernel_size // 2 + 1``
@@ -67,12 +66,3 @@ class ResNet1dWang(nn.Module):
             for i, width in enumerate(widths)])
         self.head = ConcatPoolHead(widths[-1], hidden, num_classes, dropout)
         benchmark_init(self)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """``(batch, leads, samples)`` -> logits ``(batch, num_classes)``; no sigmoid/softmax here.
-
-        ``lengths``: real samples per row of a batch zero-padded at the end (None: all real).
-        """
-        if lengths is None:
-            return self.head(self.blocks(self.stem(x)))
-        return masked_chain([self.stem, self.blocks, self.head], x, lengths)[0]

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import nn
 
 from ..registry import MODELS
 from .layers import (ConvBnAct1d, MaskedSequential, PoolMLPHead, ResidualBlock1d, SqueezeExcite1d, check_settings,
-                     masked_chain, projection_shortcut)
+                     StemBlocksHead, projection_shortcut)
 
 
 class SEBlock1d(ResidualBlock1d):
@@ -47,7 +46,7 @@ def se_trunk(in_leads: int, widths: Sequence[int], kernel_size: int, se_reductio
 
 
 @MODELS.register("se_resnet1d")
-class SEResNet1d(nn.Module):
+class SEResNet1d(StemBlocksHead):
     """SE-ResNet: ``len(widths)`` residual blocks, 32x subsampling at the default 8 blocks.
 
     ``(batch, in_leads, samples) -> logits (batch, num_classes)``.
@@ -61,12 +60,3 @@ class SEResNet1d(nn.Module):
                        se_reduction=se_reduction, hidden=hidden)
         self.stem, self.blocks = se_trunk(in_leads, widths, kernel_size, se_reduction, dropout)
         self.head = PoolMLPHead(widths[-1], hidden, num_classes, dropout)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """``(batch, leads, samples)`` -> logits ``(batch, num_classes)``; no sigmoid/softmax here.
-
-        ``lengths``: real samples per row of a batch zero-padded at the end (None: all real).
-        """
-        if lengths is None:
-            return self.head(self.blocks(self.stem(x)))
-        return masked_chain([self.stem, self.blocks, self.head], x, lengths)[0]

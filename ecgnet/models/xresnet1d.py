@@ -42,7 +42,7 @@ from torch import nn
 from ..registry import MODELS, ConfigError
 from .layers import (ConvBnAct1d, LengthAware, MaskedAvgPool1d, MaskedGlobalAvgPool1d, MaskedGlobalMaxPool1d,
                      MaskedSequential, ResidualBlock1d, SamePadMaxPool1d, call_masked, check_settings,
-                     masked_chain)
+                     StemBlocksHead)
 
 # ---- Pieces shared with inception1d.py and resnet1d_wang.py: the benchmark's head -------------
 
@@ -126,7 +126,7 @@ class XBottleneck1d(ResidualBlock1d):
 
 
 @MODELS.register("xresnet1d101")
-class XResNet1d(nn.Module):
+class XResNet1d(StemBlocksHead):
     """xresnet1d: ``blocks[i]`` bottleneck blocks of hidden width ``widths[i]`` in stage i, stride 2
     from stage 2 on (32x subsampling with four stages). Defaults: the benchmark's xresnet1d101.
 
@@ -158,14 +158,6 @@ class XResNet1d(nn.Module):
         self.head = ConcatPoolHead(channels, hidden, num_classes, dropout)
         benchmark_init(self)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """``(batch, leads, samples)`` -> logits ``(batch, num_classes)``; no sigmoid/softmax here.
-
-        ``lengths``: real samples per row of a batch zero-padded at the end (None: all real).
-        """
-        if lengths is None:
-            return self.head(self.blocks(self.stem(x)))
-        return masked_chain([self.stem, self.blocks, self.head], x, lengths)[0]
 
 
 @MODELS.register("xresnet1d50")
