@@ -80,7 +80,8 @@ def test_batch_size_is_the_global_batch(monkeypatch):
 # BatchNorm frozen (model.freeze): in eval mode it is the same affine map on every rank, so two
 # processes with batch 8 each compute exactly what one process computes with batch 16, up to the
 # order of float additions (gradients averaged over ranks). Trained BatchNorm would normalise each
-# rank's 8 rows with their own statistics, a different (equally valid) model. No dropout or amp.
+# rank's 8 rows with their own statistics, a different (equally valid) model. No dropout or amp. On the
+# CPU (gloo) also where a GPU is present: two processes would need two GPUs.
 CONFIG = """
 data: {type: synthetic, num_records: 200, fs: 50, duration_s: 6, leads: [I, II, V1], records_per_patient: 2}
 preprocess: {cache_dir: null, bandpass_hz: [0.5, 20]}
@@ -89,7 +90,7 @@ loss: {type: bce}
 optimizer: {type: adamw, lr: 0.003}
 schedule: {type: warmup_cooldown, warmup_epochs: 0, cooldown_epochs: 1}
 train: {epochs: 8, batch_size: 16, eval_batch_size: 16, tensorboard: false, early_stop_patience: null,
-        progress: "off", log_every_s: null, amp: "off", monitor: val/loss}
+        progress: "off", log_every_s: null, amp: "off", monitor: val/loss, device: cpu}
 eval: {bootstrap: 0, plots: false}
 """
 # Measured here: the two runs' weights (|w| <= 1) differ by 3e-6 at most and their metrics and

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -101,6 +102,8 @@ class Trainer:
         self.dtype = amp_dtype(tcfg["amp"], self.device)
         self._announce(describe_amp(tcfg["amp"], self.device, self.dtype))
         # deterministic kernels cost speed on CUDA; on CPU the default kernels are already repeatable
+        if tcfg["deterministic"] and self.device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's repeatable mode (read at its init)
         torch.use_deterministic_algorithms(tcfg["deterministic"], warn_only=True)
         # the autotuner runs once per input shape: worth it for fixed windows, not for a new length every batch
         torch.backends.cudnn.benchmark = (self.device.type == "cuda" and not tcfg["deterministic"]
