@@ -7,12 +7,13 @@ run saves to ``config.yaml`` and into its checkpoints.
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
 from . import data, losses, models, optim  # noqa: F401  (registration)
 from .config import check_schema
+from .models.fusion import FeatureFusion
 from .registry import (AUGMENTATIONS, DATASETS, LOSSES, MODELS, OPTIMIZERS, SAMPLERS, SCHEDULERS,
                        ConfigError, check_type)
 
@@ -69,6 +70,17 @@ def build(section: str, cfg: dict, **derived):
     if section == "model":
         settings = {k: v for k, v in settings.items() if k not in MODEL_TRAINING_KEYS}
     return registry.build(settings, section, **derived)
+
+
+def build_model(cfg: dict, in_leads: int, num_classes: int, feature_names: Optional[Sequence[str]] = None):
+    """The ``model`` section's network; with per-record features (``RecordSet.feature_names``) its
+    output becomes a ``fusion.embed_dim`` embedding, joined with the features in ``FeatureFusion``."""
+    if not feature_names:
+        return build("model", cfg, in_leads=in_leads, num_classes=num_classes)
+    fusion = cfg["fusion"]
+    backbone = build("model", cfg, in_leads=in_leads, num_classes=fusion["embed_dim"])
+    return FeatureFusion(backbone, len(feature_names), fusion["embed_dim"], num_classes, fusion["hidden"],
+                         fusion["dropout"])
 
 
 def build_augmentations(cfg: dict, fs: float) -> list:

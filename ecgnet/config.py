@@ -113,9 +113,19 @@ class EvalCfg:
     bootstrap: int = 1000                      # resamples for the 95 % CIs in evaluate; 0 turns them off
 
 
+@dataclass
+class FusionCfg:
+    """How a model joins per-record features beside the signal (``RecordSet.features``, e.g. the
+    RR intervals of ``data.rr_features``); unused when the data gives none. The backbone's output
+    becomes an ``embed_dim`` embedding; it and the standardised features feed an MLP head."""
+    embed_dim: int = 32
+    hidden: int = 32
+    dropout: float = 0.1
+
+
 PLAIN_SECTIONS: dict[str, type] = {
     "split": SplitCfg, "preprocess": PreprocessCfg, "input": InputCfg, "train": TrainCfg,
-    "thresholds": ThresholdsCfg, "kfold": KFoldCfg, "eval": EvalCfg,
+    "thresholds": ThresholdsCfg, "kfold": KFoldCfg, "eval": EvalCfg, "fusion": FusionCfg,
 }
 TOP_LEVEL: dict[str, Any] = {"name": Optional[str], "seed": int, "work_dir": str, "augment": list}
 TOP_DEFAULTS: dict[str, Any] = {"name": None, "seed": 0, "work_dir": "runs", "augment": []}
@@ -154,6 +164,9 @@ LIMITS: dict[str, tuple] = {
     "thresholds.default": _between(0, 1),
     "kfold.folds": _at_least(0),
     "eval.bootstrap": _at_least(0),
+    "fusion.embed_dim": _at_least(1),
+    "fusion.hidden": _at_least(1),
+    "fusion.dropout": ((lambda v: 0 <= v < 1), ">= 0 and < 1"),
 }
 
 # Settings that name a file or folder. ``load_config`` makes relative ones absolute against the

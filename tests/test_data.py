@@ -170,13 +170,26 @@ def test_bucket_batches_cover_the_epoch_with_similar_lengths():
     assert list(batches) == drawn
 
 
-def test_pad_collate_and_unpadded_eval_windows():
-    from ecgnet.data.dataset import pad_collate
+def test_collate_pads_and_unpadded_eval_windows():
+    from ecgnet.data.dataset import collate
     signals = [np.ones((2, n), np.float32) for n in (30, 80, 50)]
     ds = EvalWindows(signals, np.arange(3), 60, 60, Normalizer("none"), pad=False)
     items = [ds[i] for i in range(len(ds))]
     assert [x.shape[1] for x, _ in items] == [30, 50, 60, 60]      # by length; the long record gives 2 windows
-    x, pos, lengths = pad_collate(items)
+    x, pos, lengths, features = collate(items)
     assert x.shape == (4, 2, 60) and x[0, :, 30:].abs().sum() == 0 and pos.tolist() == [0, 2, 1, 1]
-    assert lengths.tolist() == [30, 50, 60, 60]
-    assert pad_collate(items[2:])[2] is None                 # nothing padded: no lengths to mask with
+    assert lengths.tolist() == [30, 50, 60, 60] and features is None
+    assert collate(items[2:]).lengths is None                # nothing padded: no lengths to mask with
+
+
+def test_windows_serve_each_records_features():
+    from ecgnet.data.dataset import collate
+    signals = [np.full((1, 40), i, np.float32) for i in range(4)]
+    features = np.arange(8, dtype=np.float32).reshape(4, 2) * 10
+    evals = EvalWindows(signals, np.array([3, 1]), 20, 20, Normalizer("none"), features=features)
+    batch = collate([evals[i] for i in range(len(evals))])
+    assert batch.targets.tolist() == [0, 0, 1, 1]              # record positions: 2 windows each
+    assert batch.features.tolist() == [[60, 70], [60, 70], [20, 30], [20, 30]]
+    train = TrainWindows(signals, np.arange(4), np.array([2, 0]), 20, Normalizer("none"), features=features)
+    x, y, f = train[1]
+    assert int(y) == 0 and f.tolist() == [0, 10] and float(x[0, 0]) == 0

@@ -390,3 +390,67 @@ def test_old_window_s_is_read_as_beat_window_s(db, caplog, monkeypatch):
     assert [r.getMessage() for r in caplog.records] == [
         "data.window_s is deprecated for dataset 'mitdb': read as data.beat_window_s; rename it in the config"]
     assert prepare_data(expected).window == int(round(0.8 * 180))
+
+
+def test_rr_features_follow_the_annotated_r_peaks(db):
+    from ecgnet.data.mitdb import RR_FEATURES, rr_interval_features
+    plain = MITDB(str(db), rr_features=True, record_names=["100"]).records()
+    assert plain.feature_names == list(RR_FEATURES) and plain.features.shape == (len(plain.ids), 8)
+    peaks = beat_samples("100")
+    rr = np.diff(peaks) / FS
+    f = plain.features
+    np.testing.assert_allclose(f[1:, 0], rr, rtol=1e-6)                  # pre-RR
+    np.testing.assert_allclose(f[:-1, 1], rr, rtol=1e-6)                 # post-RR
+    assert f[0, 0] == f[0, 1] and f[-1, 1] == f[-1, 0]                   # the ends take their one interval
+    np.testing.assert_allclose(f[5, 2], rr[0:10].mean(), rtol=1e-6)      # local: the 10 intervals around beat 5
+    np.testing.assert_allclose(f[:, 3], rr.mean(), rtol=1e-6)            # a 24 s record: all inside +-2.5 min
+    np.testing.assert_allclose(f[:, 7], f[:, 0] / f[:, 1], rtol=1e-5)
+    # a premature beat: short before, long after
+    early = rr_interval_features(np.array([0, 360, 720, 900, 1440, 1800]), 360.0)
+    assert early[3, 0] == pytest.approx(0.5) and early[3, 1] == pytest.approx(1.5)
+    assert early[3, 7] == pytest.approx(1 / 3)
+    patient = MITDB(str(db), rr_features=True, rr_normalize="patient", record_names=["100"]).records()
+    np.testing.assert_allclose(patient.features.mean(0), np.ones(8), rtol=1e-5)
+    np.testing.assert_allclose(patient.features, f / f.mean(0), rtol=1e-5)
+    assert MITDB(str(db)).records().features is None
+    with pytest.raises(ConfigError, match="data.rr_features"):
+        MITDB(str(db), rr_normalize="patient")
+
+
+def test_rr_features_survive_left_out_beats(db):
+    dropped = MITDB(str(db), rr_features=True, edge="drop", record_names=["100"]).records()
+    whole = MITDB(str(db), rr_features=True, record_names=["100"]).records()
+    kept = [whole.ids.index(i) for i in dropped.ids]
+    assert len(kept) < len(whole.ids)                  # the edge beats are left out ...
+    np.testing.assert_array_equal(dropped.features, whole.features[kept])   # ... without shifting the others
+
+
+def test_inter_patient_rr_config_trains_a_fused_model_and_evaluates(db, tmp_path):
+    from ecgnet.engine.evaluate import evaluate
+    from ecgnet.engine.run import train
+    from ecgnet.engine.checkpoint import load_checkpoint
+    from ecgnet.models import FeatureFusion
+    cfg = load_config(REPO / "cfgs" / "mitdb" / "cnn1d_inter_patient_rr.yaml",
+                      [f"data.root={db}", "preprocess.cache_dir=null", "split.val_fraction=0.25", "train.epochs=2", "schedule.cooldown_epochs=1",
+                       "train.progress='off'", "train.tensorboard=false", "eval.bootstrap=0", "eval.plots=false"])
+    run = train(cfg, work_dir=str(tmp_path / "rr"))
+    state = load_checkpoint(run / "best.pt")
+    assert state["feature_names"][0] == "pre_rr_s" and any(k.startswith("backbone.") for k in state["model"])
+    results = evaluate(run, "test", tmp_path / "report")
+    assert 0 <= results["model"]["macro_f1"] <= 1 and "sveb_se" in results["model"]
+    # the features are an input: the same checkpoint scores differently with them shuffled
+    from ecgnet.build import build_model
+    model = build_model(state["config"], 1, 5, state["feature_names"]).eval()
+    model.load_state_dict(state["model"])
+    assert isinstance(model, FeatureFusion)
+    import torch
+    x, feats = torch.randn(6, 1, 126), torch.rand(6, 8) + 0.5
+    assert not torch.allclose(model(x, features=feats), model(x, features=feats.flip(0)))
+    with pytest.raises(ValueError, match="features"):
+        model(x)
+    # evaluating with a config whose data lacks the features is refused in one line
+    no_rr = tmp_path / "no_rr.yaml"
+    no_rr.write_text(f"_base_: {REPO / 'cfgs' / 'mitdb' / 'cnn1d_inter_patient.yaml'}\n"
+                     f"data: {{root: {db}}}\npreprocess: {{cache_dir: null}}\nsplit: {{val_fraction: 0.25}}\n")
+    with pytest.raises(ConfigError, match=r"data.rr_features \(True -> False\)"):
+        evaluate(run, "test", tmp_path / "report2", config=str(no_rr))

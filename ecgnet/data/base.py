@@ -31,6 +31,10 @@ class RecordSet:
     #: (HDF5 windows of one recording or patient): records with the same unit are combined by
     #: ``eval.aggregate`` before any metric. None: every record is its own unit.
     units: Optional[list[str]] = None
+    #: per-record numbers beside the signal (e.g. a beat's RR intervals), (N, F) float32, given to
+    #: the model as its second input (``models.fusion``); None: the signal only
+    features: Optional[np.ndarray] = None
+    feature_names: Optional[list[str]] = None
 
     def __post_init__(self):
         n = len(self.ids)
@@ -41,6 +45,11 @@ class RecordSet:
                             f"{len(self.labels)} labels")
         if self.units is not None and len(self.units) != n:
             raise DataError(f"record set is inconsistent: {n} ids, {len(self.units)} evaluation units")
+        if (self.features is None) != (self.feature_names is None):
+            raise DataError("record set is inconsistent: features and feature_names go together")
+        if self.features is not None and self.features.shape != (n, len(self.feature_names)):
+            raise DataError(f"record set is inconsistent: {n} records, {len(self.feature_names)} feature names, "
+                            f"features of shape {self.features.shape}")
         if len(set(self.ids)) != n:
             raise DataError("record ids are not unique")
         if self.labels.ndim == 2 and self.labels.shape[1] != len(self.class_names):
@@ -77,7 +86,9 @@ class RecordSet:
         return RecordSet(ids=[self.ids[i] for i in keep], groups=[self.groups[i] for i in keep],
                          labels=self.labels[keep], class_names=self.class_names, fs=self.fs, leads=self.leads,
                          folds=None if self.folds is None else self.folds[keep], skipped=skipped,
-                         units=None if self.units is None else [self.units[i] for i in keep])
+                         units=None if self.units is None else [self.units[i] for i in keep],
+                         features=None if self.features is None else self.features[keep],
+                         feature_names=self.feature_names)
 
 
 class ECGAdapter:

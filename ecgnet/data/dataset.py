@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -211,7 +211,8 @@ def _leave_out(adapter: ECGAdapter, records: RecordSet, signals: Sequence, faile
 
 
 class TrainWindows(torch.utils.data.Dataset):
-    """Training draws: position p -> a random crop of record index[p % n], augmented.
+    """Training draws: position p -> a random crop of record index[p % n], augmented, its target
+    (and its features when the records have them).
 
     Randomness comes from a generator seeded by (seed, epoch, p), so a batch is the
     same whichever worker builds it and whether or not the run was resumed.
@@ -219,8 +220,10 @@ class TrainWindows(torch.utils.data.Dataset):
 
     def __init__(self, signals: Sequence[np.ndarray], targets: np.ndarray, index: np.ndarray,
                  window: int, normalizer: Normalizer, augment: Sequence[Callable] = (),
-                 duplicate_noise_std: float = 0.0, seed: int = 0, pad: bool = True):
+                 duplicate_noise_std: float = 0.0, seed: int = 0, pad: bool = True,
+                 features: Optional[np.ndarray] = None):
         self.signals, self.targets, self.index = signals, targets, index
+        self.features = features  # per record (RecordSet.features), served as a third item
         self.window, self.normalizer, self.augment = window, normalizer, list(augment)
         self.duplicate_noise_std, self.seed, self.epoch = duplicate_noise_std, seed, 0
         self.pad = pad    # False: records shorter than the window keep their length (full-length batches)
@@ -246,7 +249,8 @@ class TrainWindows(torch.utils.data.Dataset):
             x = aug(x, rng)
         if self.pad:
             x = crop_or_pad(x, self.window)
-        return torch.from_numpy(np.array(x, np.float32, order="C")), torch.as_tensor(self.targets[record])
+        x, y = torch.from_numpy(np.array(x, np.float32, order="C")), torch.as_tensor(self.targets[record])
+        return (x, y) if self.features is None else (x, y, torch.from_numpy(self.features[record]))
 
 
 #: lazy signals: evaluation preprocesses this many windows' length of a record at a time (plus the
@@ -255,7 +259,8 @@ EVAL_BLOCK_WINDOWS = 8
 
 
 class EvalWindows(torch.utils.data.Dataset):
-    """All sliding windows of the records in ``index``; items are (window, record position).
+    """All sliding windows of the records in ``index``; items are (window, record position[, the
+    record's features]).
 
     With ``pad=False`` (full-length mode) a record shorter than the window is one item of its
     own length, and items are ordered by length so padded batches waste little. Lazy signals are
@@ -264,8 +269,9 @@ class EvalWindows(torch.utils.data.Dataset):
     """
 
     def __init__(self, signals: Sequence[np.ndarray], index: np.ndarray, window: int, stride: int,
-                 normalizer: Normalizer, pad: bool = True):
+                 normalizer: Normalizer, pad: bool = True, features: Optional[np.ndarray] = None):
         self.signals, self.window, self.normalizer, self.pad = signals, window, normalizer, pad
+        self.features = features  # per record (RecordSet.features), served as a third item
         lengths = [record_length(signals, record) for record in index]
         self.items = [(pos, start) for pos, n in enumerate(lengths) for start in window_starts(n, window, stride)]
         if not pad:
@@ -281,7 +287,8 @@ class EvalWindows(torch.utils.data.Dataset):
         x = self.normalizer(self._window(self.index[pos], start))   # real samples first, then zero padding
         if self.pad:
             x = crop_or_pad(x, self.window)
-        return torch.from_numpy(np.array(x, np.float32, order="C")), pos
+        x = torch.from_numpy(np.array(x, np.float32, order="C"))
+        return (x, pos) if self.features is None else (x, pos, torch.from_numpy(self.features[self.index[pos]]))
 
     def _window(self, record: int, start: int) -> np.ndarray:
         if not isinstance(self.signals, LazySignals):
@@ -294,24 +301,31 @@ class EvalWindows(torch.utils.data.Dataset):
         return block[:, start - first:stop - first]
 
 
-def pad_collate(batch: list[tuple[torch.Tensor, object]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Stack (signal, target) pairs of different lengths, zero-padding at the end to the longest.
+class Batch(NamedTuple):
+    """One batch: ``signals`` (batch, leads, samples); ``targets`` (or, in evaluation, the record
+    positions); ``lengths`` (batch,) int64 real samples per row when some row is zero-padded, else
+    None; ``features`` (batch, F) per-record numbers beside the signal (``RecordSet.features``) or None."""
+    signals: torch.Tensor
+    targets: torch.Tensor
+    lengths: Optional[torch.Tensor] = None
+    features: Optional[torch.Tensor] = None
 
-    -> (signals, targets, lengths): ``lengths`` (batch,) int64 are the real samples per row, which
-    the model uses to pool over real samples only; None when every row is real (no masking needed).
-    """
-    lengths = torch.tensor([x.shape[1] for x, _ in batch], dtype=torch.int64)
+
+def collate(batch: list[tuple]) -> Batch:
+    """(signal, target[, features]) items -> a ``Batch``. Signals of different lengths (full-length
+    mode) are zero-padded at the end to the longest, and ``lengths`` says where each row's real
+    samples end, for the model to pool over those only."""
+    lengths = torch.tensor([item[0].shape[1] for item in batch], dtype=torch.int64)
     longest = int(lengths.max())
-    signals = torch.zeros(len(batch), batch[0][0].shape[0], longest)
-    for i, (x, _) in enumerate(batch):
-        signals[i, :, :x.shape[1]] = x
-    targets = torch.utils.data.default_collate([y for _, y in batch])
-    return signals, targets, None if bool((lengths == longest).all()) else lengths
-
-
-def unpack_batch(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(signals, targets[, lengths]) from either collate function -> (signals, targets, lengths or None)."""
-    return (batch[0], batch[1], batch[2]) if len(batch) == 3 else (batch[0], batch[1], None)
+    if bool((lengths == longest).all()):
+        signals, lengths = torch.stack([item[0] for item in batch]), None
+    else:
+        signals = torch.zeros(len(batch), batch[0][0].shape[0], longest)
+        for i, item in enumerate(batch):
+            signals[i, :, :item[0].shape[1]] = item[0]
+    targets = torch.utils.data.default_collate([item[1] for item in batch])
+    features = torch.stack([item[2] for item in batch]) if len(batch[0]) > 2 else None
+    return Batch(signals, targets, lengths, features)
 
 
 class BucketBatchSampler(torch.utils.data.Sampler):

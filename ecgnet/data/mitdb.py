@@ -39,6 +39,16 @@ not a QRS, which a straight line would erase) fails to load (counted by the fram
 unreadable, with the reason); beats on or next to short gaps are kept. Each affected record is
 logged once with its gap counts.
 
+RR-interval features (``rr_features: true``): morphology alone does not separate supraventricular
+ectopic beats of unseen patients from normal ones (their QRS looks normal; they come early). Each
+beat then also carries ``RR_FEATURES`` (``RecordSet.features``, the model's second input, see
+``models.fusion``), computed from the annotated R peaks of all beats of its record as de Chazal
+et al. 2004 do: pre-RR and post-RR (s), the local average (the 10 RR intervals around the beat),
+the average over the surrounding 5 minutes, and the ratios pre/average, post/average, local/average
+and pre/post. ``rr_normalize: patient`` divides each feature by its mean over the beat's record
+(the "normalised RR" of Mondéjar-Guerra et al. 2019), so a patient's resting rate does not look
+like prematurity; the ratios already are relative.
+
 Splits (``split_mode``):
 
 * ``inter`` (inter-patient, de Chazal et al. 2004): fold 1 = DS1, fold 2 = DS2, the paced
@@ -97,6 +107,10 @@ KAGGLE_FS = 125.0
 KAGGLE_SAMPLES = 187
 KAGGLE_RR_WINDOW_S = 10.0      # T is the median RR interval of the 10 s window holding the beat
 KAGGLE_PERIODS = 1.2           # a beat runs from its R peak for 1.2 T
+RR_FEATURES = ("pre_rr_s", "post_rr_s", "local_rr_s", "average_rr_s", "pre_over_average", "post_over_average",
+               "local_over_average", "pre_over_post")
+RR_LOCAL_INTERVALS = 10        # de Chazal et al. 2004: the 10 RR intervals around the beat
+RR_AVERAGE_WINDOW_S = 300.0    # ... and the RR intervals of the surrounding 5 minutes
 
 SKIP_MISSING = "source record with missing files"
 SKIP_UNREADABLE = "source record with unreadable header or annotations"
@@ -122,6 +136,36 @@ def kaggle_beat_lengths(r_peaks: np.ndarray, fs: float) -> np.ndarray:
         if members.sum() >= 2:
             period[members] = np.median(np.diff(r_peaks[members]))
     return np.minimum(np.round(KAGGLE_PERIODS * period).astype(np.int64), KAGGLE_SAMPLES)
+
+
+def rr_interval_features(r_peaks: np.ndarray, fs: float, normalize: Literal["none", "patient"] = "none"
+                         ) -> np.ndarray:
+    """``RR_FEATURES`` of every beat of one record, (beats, 8) float32.
+
+    r_peaks: sorted R-peak samples of all annotated beats of the record, at ``fs``. The first
+    beat has no pre-RR and the last no post-RR: each takes its one neighbouring interval. A record
+    of one beat has no intervals and gets zeros (nothing to compare with)."""
+    t = np.asarray(r_peaks, np.float64) / fs
+    n = len(t)
+    if n < 2:
+        return np.zeros((n, len(RR_FEATURES)), np.float32)
+    rr = np.maximum(np.diff(t), 1.0 / fs)             # rr[k]: beat k -> beat k + 1 (two beats on one sample: 1)
+    pre = np.concatenate([rr[:1], rr])
+    post = np.concatenate([rr, rr[-1:]])
+    # local: the mean of the RR_LOCAL_INTERVALS intervals centred on the beat (fewer at the record's ends)
+    csum = np.concatenate([[0.0], np.cumsum(rr)])
+    lo = np.clip(np.arange(n) - RR_LOCAL_INTERVALS // 2, 0, len(rr))
+    hi = np.clip(lo + RR_LOCAL_INTERVALS, 0, len(rr))
+    lo = np.maximum(hi - RR_LOCAL_INTERVALS, 0)
+    local = (csum[hi] - csum[lo]) / np.maximum(hi - lo, 1)
+    # average: intervals that start within +-2.5 min of the beat (the whole record when shorter)
+    start = np.searchsorted(t[:-1], t - RR_AVERAGE_WINDOW_S / 2, side="left")
+    stop = np.searchsorted(t[:-1], t + RR_AVERAGE_WINDOW_S / 2, side="right")
+    average = (csum[stop] - csum[start]) / np.maximum(stop - start, 1)
+    features = np.stack([pre, post, local, average, pre / average, post / average, local / average, pre / post], 1)
+    if normalize == "patient":
+        features = features / features.mean(0, keepdims=True)
+    return features.astype(np.float32)
 
 
 def dat_frames(folder: Path, header, file_name: str) -> Optional[int]:
@@ -166,13 +210,16 @@ class MITDB(ECGAdapter):
         max_gap_s: missing (NaN) runs up to this long are interpolated and their beats kept; beats
             touching a longer run are dropped (counted).
         strict: a bad file is an error instead of a counted skip.
+        rr_features: give each beat ``RR_FEATURES`` from the annotated R peaks (the model's second input).
+        rr_normalize: ``patient`` divides each RR feature by its mean over the beat's record; ``none``.
     """
 
     def __init__(self, root: str, lead: str = "MLII", preset: Literal["none", "kaggle"] = "none",
                  beat_window_s: Optional[Sequence[float]] = None, fs: Optional[float] = None,
                  edge: Literal["pad", "drop"] = "pad", bandpass_hz: Optional[Sequence[float]] = None,
                  filter_order: int = 3, split_mode: Literal["intra", "inter"] = "inter",
-                 record_names: Optional[Sequence[str]] = None, max_gap_s: float = 0.02, strict: bool = False):
+                 record_names: Optional[Sequence[str]] = None, max_gap_s: float = 0.02, strict: bool = False,
+                 rr_features: bool = False, rr_normalize: Literal["none", "patient"] = "none"):
         if preset == "kaggle":
             if beat_window_s is not None:
                 raise ConfigError("data.beat_window_s: the kaggle preset cuts R peak -> R peak + 1.2 x median RR "
@@ -189,6 +236,11 @@ class MITDB(ECGAdapter):
             raise ConfigError(f"data.bandpass_hz: give [low, high] in Hz or null, got {bandpass_hz}")
         if max_gap_s < 0:
             raise ConfigError(f"data.max_gap_s: must be 0 or more seconds, got {max_gap_s}")
+        if rr_normalize not in ("none", "patient"):
+            raise ConfigError(f"data.rr_normalize: none or patient, got {rr_normalize!r}")
+        if rr_normalize != "none" and not rr_features:
+            raise ConfigError("data.rr_normalize: set data.rr_features: true as well (there is nothing to normalise)")
+        self.rr_features, self.rr_normalize = bool(rr_features), rr_normalize
         self.root = Path(os.path.expanduser(root))
         self.lead, self.preset, self.edge, self.split_mode = lead, preset, edge, split_mode
         self.fs = KAGGLE_FS if preset == "kaggle" else float(fs or 360.0)
@@ -293,7 +345,7 @@ class MITDB(ECGAdapter):
     def _scan(self) -> RecordSet:
         skipped: dict = {}
         names = self._select(self._names(), skipped)
-        ids, groups, labels, folds, source, start, stop = [], [], [], [], [], [], []
+        ids, groups, labels, folds, source, start, stop, rr = [], [], [], [], [], [], [], []
         for name in names:
             meta = self._read_meta(name, skipped)
             if meta is None:
@@ -316,6 +368,8 @@ class MITDB(ECGAdapter):
                 if at_edge.any():
                     skipped.setdefault(SKIP_EDGE, []).extend(i for i, k in zip(beat_ids, at_edge) if k)
                 keep = inside
+            if self.rr_features:       # from all of the record's beats, before any is left out
+                rr.append(rr_interval_features(peaks, header.fs, self.rr_normalize)[keep])
             kept_ids = [i for i, k in zip(beat_ids, keep) if k]
             ids += kept_ids
             groups += kept_ids if self.split_mode == "intra" else [name] * len(kept_ids)
@@ -335,7 +389,8 @@ class MITDB(ECGAdapter):
         return RecordSet(ids=ids, groups=groups, labels=np.concatenate(labels), class_names=list(AAMI_CLASSES),
                          fs=self.fs, leads=[self.lead],
                          folds=np.asarray(folds, np.int64) if self.split_mode == "inter" else None,
-                         skipped=skipped)
+                         skipped=skipped, features=np.concatenate(rr) if self.rr_features else None,
+                         feature_names=list(RR_FEATURES) if self.rr_features else None)
 
     # ---- signals ----
     def _signal(self, src: int) -> tuple[np.ndarray, Optional[np.ndarray]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bootstrap import bootstrap_cis
-from ..build import build, resolve_config
+from ..build import build_model, resolve_config
 from ..config import check_schema, config_diff, describe_changes, load_config
 from ..data.base import RecordSet
 from ..data.dataset import EvalWindows
@@ -161,6 +161,10 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
     if list(records.leads) != states[0]["leads"] or data.fs != states[0]["fs"]:
         raise DataError(f"{paths[0]}: trained on leads {states[0]['leads']} at {states[0]['fs']} Hz, but the data "
                         f"gives {list(records.leads)} at {data.fs} Hz; use the data settings it was trained with")
+    if records.feature_names != states[0].get("feature_names"):
+        raise DataError(f"{paths[0]}: trained with per-record features {states[0].get('feature_names')}, but the "
+                        f"data gives {records.feature_names}; use the data settings it was trained with "
+                        "(e.g. data.rr_features)")
     device = resolve_device(cfg["train"]["device"])
     dtype = amp_dtype(cfg["train"]["amp"], device)
     log.info("%s", describe_amp(cfg["train"]["amp"], device, dtype))
@@ -175,13 +179,13 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
         curves[name] = (y, probs)
 
     def load_model(state):
-        model = build("model", state["config"], in_leads=len(state["leads"]), num_classes=len(state["class_names"]))
+        model = build_model(state["config"], len(state["leads"]), len(state["class_names"]), state.get("feature_names"))
         model.load_state_dict(state["model"])
         return model.to(device)
 
     def windows_for(state, index, normalizer):
         return EvalWindows(data.signals, index, state["window"], state["stride"], normalizer,
-                           pad=not state.get("full_length", False))
+                           pad=not state.get("full_length", False), features=records.features)
 
     indices = [_split_index(records.ids, state["split"][split], path, split) for path, state in zip(paths, states)]
     if _one_pass(states, split):

@@ -13,7 +13,7 @@ import torch
 import torch.utils.data
 
 from ..data.base import RecordSet
-from ..data.dataset import EvalWindows, pad_collate, record_length, unpack_batch
+from ..data.dataset import Batch, EvalWindows, collate, record_length
 from ..data.transforms import Normalizer
 from ..registry import ConfigError
 
@@ -104,10 +104,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def forward(model: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+def forward(model: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor | None,
+            features: torch.Tensor | None = None) -> torch.Tensor:
     """Logits; ``lengths`` (real samples per row of a zero-padded batch) goes to the model only when
-    some row is padded, so models without masking still serve fixed-length batches."""
-    return model(x) if lengths is None else model(x, lengths.to(x.device, non_blocking=True))
+    some row is padded, so models without masking still serve fixed-length batches; ``features``
+    (per-record numbers beside the signal) only when the data has them (``models.FeatureFusion``)."""
+    extra = {}
+    if lengths is not None:
+        extra["lengths"] = lengths.to(x.device, non_blocking=True)
+    if features is not None:
+        extra["features"] = features.to(x.device, non_blocking=True)
+    return model(x, **extra)
 
 
 def format_eta(seconds: float) -> str:
@@ -213,7 +220,7 @@ def predict_many(models: Sequence[torch.nn.Module], windows: EvalWindows, multil
                  for n in (normalizers or [None] * len(models))]
     real = torch.from_numpy(_item_lengths(windows)) if any(on_device) else None
     loader = torch.utils.data.DataLoader(windows, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         pin_memory=pin_memory, collate_fn=None if windows.pad else pad_collate)
+                                         pin_memory=pin_memory, collate_fn=collate)
     chunks: list[list[torch.Tensor]] = [[] for _ in models]
     positions = []
     wide = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
@@ -222,7 +229,7 @@ def predict_many(models: Sequence[torch.nn.Module], windows: EvalWindows, multil
     progress = ProgressLog(what, len(loader), log_every_s, unit="windows", step="batch")
     done = 0
     for i, batch in enumerate(loader, 1):
-        x, pos, lengths = unpack_batch(batch)
+        x, pos, lengths, features = batch
         x = x.to(device, non_blocking=True)
         rows_real = None
         if real is not None:
@@ -232,7 +239,7 @@ def predict_many(models: Sequence[torch.nn.Module], windows: EvalWindows, multil
         for k, model in enumerate(models):
             xk = x if on_device[k] is None else on_device[k](x, rows_real)
             with autocast(device, dtype):
-                logits = forward(model, xk, lengths)
+                logits = forward(model, xk, lengths, features)
             logits = logits.float()
             if loss_fn is not None:
                 y = y_all[pos.to(device, non_blocking=True)]

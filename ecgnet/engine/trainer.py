@@ -29,9 +29,9 @@ import torch.nn as nn
 import torch.utils.data
 from tqdm import tqdm
 
-from ..build import build, build_augmentations
+from ..build import build, build_augmentations, build_model
 from ..data.base import ECGAdapter, RecordSet
-from ..data.dataset import BucketBatchSampler, EvalWindows, TrainWindows, pad_collate, record_length, unpack_batch
+from ..data.dataset import BucketBatchSampler, EvalWindows, TrainWindows, collate, record_length
 from ..data.samplers import ShardedSampler
 from ..data.transforms import Normalizer
 from ..metrics import classification_metrics, summary
@@ -117,7 +117,7 @@ class Trainer:
 
         self.normalizer = Normalizer(cfg["preprocess"]["normalize"]).fit(data.signals[i] for i in train_idx)
         torch.manual_seed(self.seed)   # model initialisation depends on the seed only
-        self.model = build("model", cfg, in_leads=len(records.leads), num_classes=records.num_classes)
+        self.model = build_model(cfg, len(records.leads), records.num_classes, records.feature_names)
         if data.full_length and not accepts_lengths(self.model):
             raise ConfigError(f"input.full_length: model '{cfg['model']['type']}' has no forward(x, lengths) to "
                               "pool over real samples only, so padding would change its output; give it one "
@@ -135,7 +135,8 @@ class Trainer:
         self.sampler = build("sampler", cfg, labels=records.multi_hot(train_idx), seed=self.seed)
         self.train_set = TrainWindows(data.signals, data.targets, train_idx, data.window, self.normalizer,
                                       build_augmentations(cfg, data.fs),
-                                      getattr(self.sampler, "noise_std", 0.0), self.seed, pad=not data.full_length)
+                                      getattr(self.sampler, "noise_std", 0.0), self.seed, pad=not data.full_length,
+                                      features=records.features)
         workers = distributed.resolve_num_workers(tcfg["num_workers"], self.device)
         self.loader_args = {"num_workers": workers, "pin_memory": self.device.type == "cuda"}   # validation's too
         loader_args = {**self.loader_args, "persistent_workers": workers > 0}
@@ -145,15 +146,15 @@ class Trainer:
             batches = BucketBatchSampler(self.sampler, lengths, tcfg["batch_size"], rank=self.rank,
                                          world_size=self.world_size)
             self.train_loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=batches,
-                                                            collate_fn=pad_collate, **loader_args)
+                                                            collate_fn=collate, **loader_args)
         else:
             shard = ShardedSampler(self.sampler, self.rank, self.world_size)
             self.train_loader = torch.utils.data.DataLoader(self.train_set, batch_size=local_batch, sampler=shard,
-                                                            **loader_args)
+                                                            collate_fn=collate, **loader_args)
         # each rank validates every world_size-th record; the predictions are gathered (see validate)
         self.val_share = np.arange(self.rank, len(split["val"]), self.world_size)
         self.val_windows = EvalWindows(data.signals, split["val"][self.val_share], data.window, data.stride,
-                                       self.normalizer, pad=not data.full_length)
+                                       self.normalizer, pad=not data.full_length, features=records.features)
         steps = len(self.train_loader)
         self.optimizer = build("optimizer", cfg, params=[p for p in self.model.parameters() if p.requires_grad])
         self.scheduler = build("schedule", cfg, optimizer=self.optimizer, steps_per_epoch=steps, epochs=tcfg["epochs"])
@@ -194,10 +195,10 @@ class Trainer:
         # without a terminal (no tqdm): a line every train.log_every_s with step, samples/s and ETA
         watch = ProgressLog(f"fold {self.fold} epoch {self.epoch + 1}", len(self.train_loader), self._log_every_s())
         for i, batch in enumerate(bar, 1):
-            x, y, lengths = unpack_batch(batch)
+            x, y, lengths, features = batch
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with autocast(self.device, self.dtype):
-                loss = self.loss_fn(forward(self.train_model, x, lengths), y)
+                loss = self.loss_fn(forward(self.train_model, x, lengths, features), y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.cfg["train"]["clip_grad_norm"]:
@@ -310,6 +311,7 @@ class Trainer:
             "format": FORMAT, "config": self.cfg, "fold": self.fold,
             "class_names": list(records.class_names), "multilabel": records.multilabel,
             "leads": list(records.leads), "fs": self.data.fs, "window": self.data.window, "stride": self.data.stride,
+            "feature_names": records.feature_names,
             "full_length": self.data.full_length,
             "normalizer": self.normalizer.state_dict(),
             "split": {name: ids[idx].tolist() for name, idx in self.split.items()},

@@ -1,0 +1,41 @@
+"""A second input beside the signal: per-record features (``RecordSet.features``, e.g. the RR
+intervals of MIT-BIH beats) joined with any registered backbone.
+
+The backbone is built with ``fusion.embed_dim`` outputs instead of the classes, so its last layer
+gives an embedding of the signal; the features are standardised by a BatchNorm (their units differ:
+seconds and ratios) and both feed a small MLP head. Late fusion keeps every backbone unchanged.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+class FeatureFusion(nn.Module):
+    """``(signals (batch, leads, samples), features (batch, F)) -> logits (batch, num_classes)``."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, embed_dim: int, num_classes: int,
+                 hidden: int = 32, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.feature_norm = nn.BatchNorm1d(num_features)
+        self.head = nn.Sequential(nn.Linear(embed_dim + num_features, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                  nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None,
+                features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if features is None:
+            raise ValueError("FeatureFusion: this model was trained with per-record features beside the signal "
+                             "and needs them (features=...)")
+        embedding = self.backbone(x) if lengths is None else self.backbone(x, lengths)
+        return self.head(torch.cat([torch.relu(embedding), self.feature_norm(features.float())], 1))
+
+
+def accepts_lengths(model: nn.Module) -> bool:
+    """Whether the model can mask the padding of a variable-length batch: its ``forward`` (for a
+    fused model, its backbone's) takes ``lengths``."""
+    model = model.backbone if isinstance(model, FeatureFusion) else model
+    return "lengths" in inspect.signature(model.forward).parameters
