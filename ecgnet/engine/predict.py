@@ -13,7 +13,7 @@ import torch
 import torch.utils.data
 
 from ..data.base import RecordSet
-from ..data.dataset import Batch, EvalWindows, collate, record_length
+from ..data.dataset import EvalWindows, collate, record_length
 from ..data.transforms import Normalizer
 from ..registry import ConfigError
 
