@@ -111,6 +111,9 @@ class EvalCfg:
     # and evaluation alike; the PTB-XL benchmark takes the max
     aggregate: Literal["mean", "max"] = "mean"
     bootstrap: int = 1000                      # resamples for the 95 % CIs in evaluate; 0 turns them off
+    # tuned: the per-class thresholds tuned on validation (stored in the checkpoint); fixed: the
+    # untuned decision (multi-label p >= thresholds.default, single-label argmax), for the ablation
+    thresholds: Literal["tuned", "fixed"] = "tuned"
 
 
 @dataclass

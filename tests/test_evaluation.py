@@ -232,7 +232,7 @@ def test_demo_evaluation_reports_cis_auprc_and_record_info(tmp_path):
     assert no_ci["fold0"]["ci"] == results["fold0"]["ci"]
 
 
-def test_evaluate_overrides_are_checked_like_a_config(tmp_path):
+def test_evaluate_overrides_are_checked_like_a_config(tmp_path, monkeypatch):
     from ecgnet.engine.evaluate import evaluate
     from ecgnet.engine.run import train
     from ecgnet.registry import ConfigError
@@ -246,3 +246,23 @@ def test_evaluate_overrides_are_checked_like_a_config(tmp_path):
         evaluate(run, eval_overrides={"aggregat": "max"})
     results = evaluate(run, eval_overrides={"aggregate": "max"})
     assert (run / "eval/test_aggregate-max/metrics.json").is_file() and results["model"]["n"] > 0
+    # thresholds ablation: the tuned per-class thresholds against the fixed default, on the same probabilities
+    import ecgnet.engine.evaluate as evaluate_module
+    from ecgnet.engine.checkpoint import load_checkpoint
+    used = []
+
+    def spy(probs, thresholds, multilabel):
+        used.append(thresholds)
+        return decide(probs, thresholds, multilabel)
+
+    decide = evaluate_module.decide
+    monkeypatch.setattr(evaluate_module, "decide", spy)
+    tuned = evaluate(run, eval_overrides={"thresholds": "tuned"})
+    fixed = evaluate(run, eval_overrides={"thresholds": "fixed"})
+    stored = load_checkpoint(run / "best.pt")["thresholds"]
+    assert stored != [0.5] * 6 and used == [stored, [0.5] * 6]
+    assert fixed["model"]["macro_auroc"] == tuned["model"]["macro_auroc"]        # same probabilities
+    assert "fixed threshold 0.5" in (run / "eval/test_thresholds-fixed/summary.txt").read_text().splitlines()[0]
+    assert "tuned on validation" in (run / "eval/test_thresholds-tuned/summary.txt").read_text().splitlines()[0]
+    info = json.loads((run / "eval/test_thresholds-fixed/eval_info.json").read_text())
+    assert info["thresholds"] == "fixed"

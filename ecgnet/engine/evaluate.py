@@ -203,15 +203,20 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
                                records.multilabel, device, dtype, tcfg["eval_batch_size"], aggregate=aggregate,
                                what=f"{split} split, {name}", **loader_args)[0]
                        for name, state, index in zip(names, states, indices))
+    def thresholds_of(state):
+        if cfg["eval"]["thresholds"] == "tuned":
+            return state["thresholds"]
+        return [cfg["thresholds"]["default"]] * len(records.class_names) if records.multilabel else None
+
     for name, state, index, probs in zip(names, states, indices, predictions):
         unit_ids, y, probs, groups = to_units(records, index, probs, aggregate)
-        decisions = decide(probs, state["thresholds"], records.multilabel)
+        decisions = decide(probs, thresholds_of(state), records.multilabel)
         add(name, y, probs, decisions, groups)
         probs_all.append(probs)
         decisions_all.append(decisions)
     shared_split = len({tuple(s["split"][split]) for s in states}) == 1
     if len(paths) > 1 and shared_split:
-        thresholds = [s["thresholds"] for s in states]
+        thresholds = [thresholds_of(s) for s in states]
         vote = majority_vote(decisions_all, probs_all, records.multilabel, thresholds)
         mean_p, mean_d = mean_probability(probs_all, thresholds, records.multilabel)
         add("ensemble_vote", y, np.mean(probs_all, 0), vote, groups)
@@ -232,14 +237,16 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
         drawn = "patients" if boot["unit"] == "patient" else "scored units" if records.units else "records"
         ci_note = (f"95 % CIs: percentile bootstrap, {resamples} resamples of {drawn}"
                    + (", each keeping every class present in the split" if boot["class_preserving"] else ""))
-    text = (f"{split} split, {results[main]['n']} {unit}, windows combined by {aggregate}: {run_dir}\n"
+    decision = ("thresholds tuned on validation" if cfg["eval"]["thresholds"] == "tuned" else
+                f"fixed threshold {cfg['thresholds']['default']:g}" if records.multilabel else "argmax (untuned)")
+    text = (f"{split} split, {results[main]['n']} {unit}, windows combined by {aggregate}, {decision}: {run_dir}\n"
             f"{ci_note}\n{summary_table(results)}\n\n"
             f"per class ({main}):\n{per_class_table(results[main])}\n")
     if is_aami(records.class_names, records.multilabel):
         text += f"\nAAMI beat classes ({main}):\n{aami_table(results[main])}\n"
     (out_dir / "summary.txt").write_text(text)
     write_json({"command": sys.argv, "split": split, "main": main, "models": list(results),
-                "aggregate": aggregate, "bootstrap": resamples, "eval_overrides": eval_overrides or {},
+                "aggregate": aggregate, "thresholds": cfg["eval"]["thresholds"], "bootstrap": resamples, "eval_overrides": eval_overrides or {},
                 "device": str(device), "git_commit": git_commit(),
                 "units": len(unit_ids), "wall_s": round(time.time() - started, 2),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, out_dir / "eval_info.json")
