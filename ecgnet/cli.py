@@ -119,11 +119,13 @@ def compare_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--md", metavar="OUT.md", help="also write the tables, references and commands as Markdown")
     parser.add_argument("--references", metavar="FILE",
                         help="published numbers to show beside the runs (default experiments/references.yaml)")
+    parser.add_argument("--targets", metavar="FILE",
+                        help="goals to mark met or not, each read from one run's report (e.g. experiments/targets.yaml)")
     args = parser.parse_args(argv)
     _setup_logging(False)
 
     def run():
         from .compare import REFERENCES, compare, fmt_command
         command = fmt_command(sys.argv if argv is None else ["tools/compare_runs.py", *argv])
-        compare(args.runs, args.metric, args.md, args.runs_file, args.references or REFERENCES, command)
+        compare(args.runs, args.metric, args.md, args.runs_file, args.references or REFERENCES, command, args.targets)
     return guarded(run)

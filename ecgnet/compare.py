@@ -1,10 +1,13 @@
 """Results tables from run directories: metrics with their 95 % CIs beside the config keys that differ.
 
     python tools/compare_runs.py runs/a runs/b [--metric test/macro_auroc ...] [--md RESULTS.md] [--runs-file FILE]
+                                 [--targets experiments/targets.yaml]
 
 Reads only what train.py and evaluate.py wrote (``config.yaml``, ``env.json``,
 ``eval/<split>/{metrics.json,eval_info.json}``), so a table can always be rebuilt from the runs.
-Runs of different datasets (``data.type`` + ``data.task``) get a table each.
+Runs of different datasets (``data.type`` + ``data.task``) get a table each. ``--targets`` adds a
+table of goals (a published reference and the number to reach), each read from one run's report
+and marked met or not (see ``load_targets``).
 """
 from __future__ import annotations
 
@@ -210,6 +213,103 @@ def _row_reference(refs: list[dict], row: Row, metric_names: list[str]) -> tuple
     return "-", None
 
 
+# ---------------------------------------------------------------- targets
+
+TARGET_KEYS = {"target", "metric", "reference", "goal", "run", "report", "model", "note", "lower_is_better"}
+
+
+@dataclass
+class TargetRow:
+    entry: dict
+    model: str | None
+    value: float | None
+    ci: tuple | None
+    status: str
+
+
+def load_targets(path: str | Path | None) -> list[dict]:
+    """Goals as a YAML list. Each entry: ``target`` (what it is, in words), ``metric`` (SPLIT/KEY of
+    metrics.json), ``reference`` (the published number, or null), ``goal`` (a number to reach, or
+    ``within_ci``: the reference lies inside the run's 95 % CI), ``run`` (run directory, relative to
+    the working directory; null: not run yet) and optionally ``report`` (the folder under eval/, e.g.
+    ``test_thresholds-fixed``; default the metric's split), ``model`` (default the report's lead
+    model), ``lower_is_better`` and ``note`` (why a goal is not met, or how the number was made)."""
+    if path is None:
+        return []
+    if not Path(path).is_file():
+        raise ConfigError(f"--targets {path}: no such file")
+    try:
+        entries = yaml.safe_load(Path(path).read_text()) or []
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    for i, entry in enumerate(entries if isinstance(entries, list) else [None]):
+        if not isinstance(entry, dict) or not {"target", "metric", "reference", "goal", "run"} <= entry.keys():
+            raise ConfigError(f"{path}: entry {i} needs target, metric, reference, goal and run")
+        unknown = set(entry) - TARGET_KEYS
+        if unknown:
+            raise ConfigError(f"{path}: entry {i} ({entry['target']}): unknown key(s) {', '.join(sorted(unknown))}")
+        goal = entry["goal"]
+        if not (goal == "within_ci" or isinstance(goal, (int, float))):
+            raise ConfigError(f"{path}: entry {i} ({entry['target']}): goal must be a number or within_ci, got {goal!r}")
+        if goal == "within_ci" and not isinstance(entry["reference"], (int, float)):
+            raise ConfigError(f"{path}: entry {i} ({entry['target']}): goal within_ci needs a numeric reference")
+        _check_metric_names([entry["metric"]])
+    return entries
+
+
+def score_target(entry: dict) -> TargetRow:
+    """One goal against its run's report: met, not met, not run or not evaluated."""
+    if not entry["run"]:
+        return TargetRow(entry, None, None, None, "not run")
+    run = Path(entry["run"])
+    if not (run / "config.yaml").is_file():
+        return TargetRow(entry, None, None, None, "not run")
+    split, key = entry["metric"].split("/", 1)
+    report = run / "eval" / (entry.get("report") or split)
+    metrics, info = _read_json(report / "metrics.json"), _read_json(report / "eval_info.json")
+    model = entry.get("model") or info.get("main") or ("model" if "model" in metrics else None)
+    m = metrics.get(model) or {}
+    value = _number(m, key)
+    if value is None:
+        return TargetRow(entry, model, None, None, "not evaluated")
+    ci = (m.get("ci") or {}).get(key)
+    ci = tuple(ci) if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else None
+    goal = entry["goal"]
+    if goal == "within_ci":
+        met = ci is not None and ci[0] <= entry["reference"] <= ci[1]
+    else:
+        met = value <= goal if entry.get("lower_is_better") else value >= goal
+    return TargetRow(entry, model, value, ci, "met" if met else "not met")
+
+
+def format_targets(rows: list[TargetRow], markdown: bool) -> list[str]:
+    header = ["target", "run", "measured", "reference", "goal", "status"]
+    lines, notes = [], []
+    for row in rows:
+        e = row.entry
+        goal = ("reference inside the 95 % CI" if e["goal"] == "within_ci"
+                else f"{'<=' if e.get('lower_is_better') else '>='} {_fmt(e['goal'])}")
+        run = "-" if not e["run"] else Path(e["run"]).name + (f" ({row.model})" if row.model not in (None, "model")
+                                                              else "")
+        if e.get("report"):
+            run += f", eval/{e['report']}"
+        status = row.status
+        if e.get("note"):
+            notes.append(e["note"].strip())
+            status += f" [{len(notes)}]"
+        lines.append([e["target"], run, fmt_cell(row.value, row.ci, None), _fmt(e["reference"]), goal, status])
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines]
+        out += ["", "measured: value [95 % bootstrap CI] from the run's report; -: no run yet.", ""]
+        if notes:
+            out += ["Notes:", ""] + [f"{i}. {note}" for i, note in enumerate(notes, 1)] + [""]
+        return out
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *lines]]
+    return out + [f"  [{i}] {note}" for i, note in enumerate(notes, 1)] + [""]
+
+
 # ---------------------------------------------------------------- formatting
 
 def _fmt(value) -> str:
@@ -333,10 +433,12 @@ def format_text(tables: list[Table]) -> str:
     return "\n".join(out)
 
 
-def format_markdown(tables: list[Table], command: str | None = None) -> str:
+def format_markdown(tables: list[Table], command: str | None = None, targets: list[TargetRow] | None = None) -> str:
     out = ["# Results", ""]
     if command:
         out += [f"Generated by `{command}` from the run directories alone; regenerate rather than edit.", ""]
+    if targets:
+        out += ["## Targets", ""] + format_targets(targets, markdown=True)
     for table in tables:
         runs = list({r.run.path: r.run for r in table.rows}.values())
         labels = _run_labels(runs)
@@ -390,10 +492,11 @@ def _evaluated(runs: list[Run], splits: set[str]) -> list[Run]:
 
 def compare(run_dirs: list[str], metrics: list[str] | None = None, md: str | None = None,
             runs_file: str | None = None, references: str | Path | None = REFERENCES,
-            command: str | None = None) -> list[Table]:
-    """Print one table per dataset, optionally write them as Markdown; returns the tables."""
+            command: str | None = None, targets: str | Path | None = None) -> list[Table]:
+    """Print one table per dataset (and the targets), optionally write them as Markdown; returns the tables."""
     if metrics:
         _check_metric_names(metrics)
+    target_rows = [score_target(entry) for entry in load_targets(targets)]
     splits = {m.split("/", 1)[0] for m in metrics or DEFAULT_METRICS}
     runs = _evaluated([load_run(p, splits) for p in read_run_list(run_dirs, runs_file)], splits)
     if metrics:
@@ -406,9 +509,11 @@ def compare(run_dirs: list[str], metrics: list[str] | None = None, md: str | Non
                                   + (f" (did you mean {close[0]}?)" if close else "")
                                   + f"; available: {', '.join(sorted(available))}")
     tables = build_tables(runs, metrics, load_references(references))
+    if target_rows:
+        print("\n".join(["targets", *format_targets(target_rows, markdown=False)]))
     print(format_text(tables), end="")
     if md:
         Path(md).parent.mkdir(parents=True, exist_ok=True)
-        Path(md).write_text(format_markdown(tables, command))
+        Path(md).write_text(format_markdown(tables, command, target_rows))
         print(f"\nwrote {md}")
     return tables

@@ -233,3 +233,35 @@ def test_two_trained_runs_differing_by_one_opt(tmp_path):
     assert len(rows) == 2 and all(re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", r) for r in rows)
     md = (tmp_path / "R.md").read_text()
     assert "model.dropout=0.3" in md and "tools/evaluate.py" in md
+
+
+def test_targets_are_marked_met_or_not_from_each_runs_report(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    good = make_run(tmp_path, "good", {}, {"model": metrics(0.94, 0.80)})
+    (good / "eval" / "test_thresholds-fixed").mkdir()
+    (good / "eval" / "test_thresholds-fixed" / "metrics.json").write_text(json.dumps({"model": metrics(0.94, 0.70)}))
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(yaml.safe_dump([
+        {"target": "AUROC above", "metric": "test/macro_auroc", "reference": 0.93, "goal": 0.935, "run": "good"},
+        {"target": "F1 above", "metric": "test/macro_f1", "reference": 0.9, "goal": 0.85, "run": "good",
+         "note": "too few epochs"},
+        {"target": "reproduced", "metric": "test/macro_f1", "reference": 0.82, "goal": "within_ci", "run": "good"},
+        {"target": "fixed thresholds", "metric": "test/macro_f1", "reference": None, "goal": 0.75, "run": "good",
+         "report": "test_thresholds-fixed"},
+        {"target": "later", "metric": "test/macro_f1", "reference": 0.9, "goal": 0.9, "run": None},
+    ]))
+    md = tmp_path / "R.md"
+    compare([str(good)], md=str(md), targets=str(targets))
+    text = md.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "target" not in line][:5]
+    assert "0.940 [0.920, 0.955]" in rows[0] and rows[0].endswith("| met |")
+    assert rows[1].endswith("| not met [1] |") and "1. too few epochs" in text
+    assert rows[2].endswith("| met |")                        # 0.82 lies in [0.77, 0.83]
+    assert "eval/test_thresholds-fixed" in rows[3] and "0.700" in rows[3] and rows[3].endswith("| not met |")
+    assert rows[4].endswith("| not run |")
+    assert text.index("## Targets") < text.index("## synthetic")
+    assert "not met [1]" in capsys.readouterr().out
+    targets.write_text(yaml.safe_dump([{"target": "x", "metric": "test/f1", "reference": 1, "goal": "high",
+                                        "run": None}]))
+    with pytest.raises(ConfigError, match="goal must be a number or within_ci"):
+        compare([str(good)], targets=str(targets))
