@@ -229,8 +229,8 @@ class TargetRow:
 
 def load_targets(path: str | Path | None) -> list[dict]:
     """Goals as a YAML list. Each entry: ``target`` (what it is, in words), ``metric`` (SPLIT/KEY of
-    metrics.json), ``reference`` (the published number, or null), ``goal`` (a number to reach, or
-    ``within_ci``: the reference lies inside the run's 95 % CI), ``run`` (run directory, relative to
+    metrics.json), ``reference`` (the published number, or null), ``goal`` (a number to reach,
+    ``within_ci``: the reference lies inside the run's 95 % CI, or null: reported, e.g. an ablation), ``run`` (run directory, relative to
     the working directory; null: not run yet) and optionally ``report`` (the folder under eval/, e.g.
     ``test_thresholds-fixed``; default the metric's split), ``model`` (default the report's lead
     model), ``lower_is_better`` and ``note`` (why a goal is not met, or how the number was made)."""
@@ -249,8 +249,9 @@ def load_targets(path: str | Path | None) -> list[dict]:
         if unknown:
             raise ConfigError(f"{path}: entry {i} ({entry['target']}): unknown key(s) {', '.join(sorted(unknown))}")
         goal = entry["goal"]
-        if not (goal == "within_ci" or isinstance(goal, (int, float))):
-            raise ConfigError(f"{path}: entry {i} ({entry['target']}): goal must be a number or within_ci, got {goal!r}")
+        if not (goal is None or goal == "within_ci" or isinstance(goal, (int, float))):
+            raise ConfigError(f"{path}: entry {i} ({entry['target']}): goal must be a number, within_ci or null, "
+                              f"got {goal!r}")
         if goal == "within_ci" and not isinstance(entry["reference"], (int, float)):
             raise ConfigError(f"{path}: entry {i} ({entry['target']}): goal within_ci needs a numeric reference")
         _check_metric_names([entry["metric"]])
@@ -275,6 +276,8 @@ def score_target(entry: dict) -> TargetRow:
     ci = (m.get("ci") or {}).get(key)
     ci = tuple(ci) if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else None
     goal = entry["goal"]
+    if goal is None:
+        return TargetRow(entry, model, value, ci, "reported")
     if goal == "within_ci":
         met = ci is not None and ci[0] <= entry["reference"] <= ci[1]
     else:
@@ -287,7 +290,7 @@ def format_targets(rows: list[TargetRow], markdown: bool) -> list[str]:
     lines, notes = [], []
     for row in rows:
         e = row.entry
-        goal = ("reference inside the 95 % CI" if e["goal"] == "within_ci"
+        goal = ("-" if e["goal"] is None else "reference inside the 95 % CI" if e["goal"] == "within_ci"
                 else f"{'<=' if e.get('lower_is_better') else '>='} {_fmt(e['goal'])}")
         run = "-" if not e["run"] else Path(e["run"]).name + (f" ({row.model})" if row.model not in (None, "model")
                                                               else "")

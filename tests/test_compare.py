@@ -235,7 +235,7 @@ def test_two_trained_runs_differing_by_one_opt(tmp_path):
     assert "model.dropout=0.3" in md and "tools/evaluate.py" in md
 
 
-def test_targets_are_marked_met_or_not_from_each_runs_report(runs, tmp_path, monkeypatch, capsys):
+def test_targets_are_marked_met_or_not_from_each_runs_report(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     good = make_run(tmp_path, "good", {}, {"model": metrics(0.94, 0.80)})
     (good / "eval" / "test_thresholds-fixed").mkdir()
@@ -249,19 +249,21 @@ def test_targets_are_marked_met_or_not_from_each_runs_report(runs, tmp_path, mon
         {"target": "fixed thresholds", "metric": "test/macro_f1", "reference": None, "goal": 0.75, "run": "good",
          "report": "test_thresholds-fixed"},
         {"target": "later", "metric": "test/macro_f1", "reference": 0.9, "goal": 0.9, "run": None},
+        {"target": "ablation", "metric": "test/macro_f1", "reference": None, "goal": None, "run": "good"},
     ]))
     md = tmp_path / "R.md"
     compare([str(good)], md=str(md), targets=str(targets))
     text = md.read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "target" not in line][:5]
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "target" not in line][:6]
     assert "0.940 [0.920, 0.955]" in rows[0] and rows[0].endswith("| met |")
     assert rows[1].endswith("| not met [1] |") and "1. too few epochs" in text
     assert rows[2].endswith("| met |")                        # 0.82 lies in [0.77, 0.83]
     assert "eval/test_thresholds-fixed" in rows[3] and "0.700" in rows[3] and rows[3].endswith("| not met |")
     assert rows[4].endswith("| not run |")
+    assert rows[5].endswith("| 0.800 [0.770, 0.830] | - | - | reported |")
     assert text.index("## Targets") < text.index("## synthetic")
     assert "not met [1]" in capsys.readouterr().out
     targets.write_text(yaml.safe_dump([{"target": "x", "metric": "test/f1", "reference": 1, "goal": "high",
                                         "run": None}]))
-    with pytest.raises(ConfigError, match="goal must be a number or within_ci"):
+    with pytest.raises(ConfigError, match="goal must be a number, within_ci or null"):
         compare([str(good)], targets=str(targets))
