@@ -13,6 +13,7 @@ import torch
 
 from . import data, losses, models, optim  # noqa: F401  (registration)
 from .config import check_schema
+from .models.cosine import CosineClassifier
 from .models.fusion import FeatureFusion
 from .registry import (AUGMENTATIONS, DATASETS, LOSSES, MODELS, OPTIMIZERS, SAMPLERS, SCHEDULERS,
                        ConfigError, check_type)
@@ -74,7 +75,15 @@ def build(section: str, cfg: dict, **derived):
 
 def build_model(cfg: dict, in_leads: int, num_classes: int, feature_names: Optional[Sequence[str]] = None):
     """The ``model`` section's network; with per-record features (``RecordSet.feature_names``) its
-    output becomes a ``fusion.embed_dim`` embedding, joined with the features in ``FeatureFusion``."""
+    output becomes a ``fusion.embed_dim`` embedding, joined with the features in ``FeatureFusion``;
+    with ``classifier.type: cosine`` a ``classifier.embed_dim`` embedding under ``CosineClassifier``."""
+    head = cfg.get("classifier") or {"type": "linear"}   # checkpoints from before the section default to it
+    if head["type"] == "cosine":
+        if feature_names:
+            raise ConfigError("classifier.type: cosine does not take per-record features (the data gives "
+                              f"{', '.join(feature_names)}); use the linear classifier or turn the features off")
+        backbone = build("model", cfg, in_leads=in_leads, num_classes=head["embed_dim"])
+        return CosineClassifier(backbone, head["embed_dim"], num_classes, head["scale"])
     if not feature_names:
         return build("model", cfg, in_leads=in_leads, num_classes=num_classes)
     fusion = cfg["fusion"]

@@ -126,9 +126,20 @@ class FusionCfg:
     dropout: float = 0.1
 
 
+@dataclass
+class ClassifierCfg:
+    """The layer that turns the backbone's output into class scores. ``linear``: the backbone's own
+    last layer. ``cosine``: the backbone gives an ``embed_dim`` embedding and the logits are ``scale``
+    times its cosine with a learned vector per class (``models.cosine``; many classes, few records each)."""
+    type: Literal["linear", "cosine"] = "linear"
+    embed_dim: int = 128
+    scale: float = 30.0
+
+
 PLAIN_SECTIONS: dict[str, type] = {
     "split": SplitCfg, "preprocess": PreprocessCfg, "input": InputCfg, "train": TrainCfg,
     "thresholds": ThresholdsCfg, "kfold": KFoldCfg, "eval": EvalCfg, "fusion": FusionCfg,
+    "classifier": ClassifierCfg,
 }
 TOP_LEVEL: dict[str, Any] = {"name": Optional[str], "seed": int, "work_dir": str, "augment": list}
 TOP_DEFAULTS: dict[str, Any] = {"name": None, "seed": 0, "work_dir": "runs", "augment": []}
@@ -168,6 +179,8 @@ LIMITS: dict[str, tuple] = {
     "kfold.folds": _at_least(0),
     "eval.bootstrap": _at_least(0),
     "fusion.embed_dim": _at_least(1),
+    "classifier.embed_dim": _at_least(1),
+    "classifier.scale": _above(0),
     "fusion.hidden": _at_least(1),
     "fusion.dropout": ((lambda v: 0 <= v < 1), ">= 0 and < 1"),
 }

@@ -134,3 +134,32 @@ def test_bad_values_raise_config_error(name, bad):
 def test_bad_widths_raise_config_error(name, widths):
     with pytest.raises(ConfigError, match="widths"):
         build(name, widths=widths)
+
+
+def test_cosine_classifier_scores_are_scaled_cosines_and_it_trains(tmp_path):
+    from pathlib import Path
+    REPO = Path(__file__).resolve().parents[1]
+    from ecgnet.build import build_model, resolve_config
+    from ecgnet.config import load_config
+    from ecgnet.engine.checkpoint import load_checkpoint
+    from ecgnet.engine.evaluate import evaluate
+    from ecgnet.engine.run import train
+    from ecgnet.models import CosineClassifier
+    from ecgnet.registry import ConfigError
+    cfg = resolve_config(load_config(REPO / "cfgs/demo.yaml", ["classifier.type=cosine", "classifier.embed_dim=16",
+                                                                 "classifier.scale=10"]))
+    model = build_model(cfg, 12, 6).eval()
+    assert isinstance(model, CosineClassifier) and model.weight.shape == (6, 16)
+    with torch.no_grad():
+        logits = model(torch.randn(4, 12, 250))
+    assert logits.shape == (4, 6) and float(logits.abs().max()) <= 10 + 1e-4      # |scale x cosine| <= scale
+    with pytest.raises(ConfigError, match="classifier.type: cosine does not take per-record features"):
+        build_model(cfg, 12, 6, ["pre_rr_s"])
+    # end to end: trained, saved, rebuilt from the checkpoint by evaluate
+    run = train(load_config(REPO / "cfgs/demo.yaml", ["classifier.type=cosine", "data.num_records=120",
+                                                       "train.epochs=2", "schedule.warmup_epochs=0",
+                                                       "schedule.cooldown_epochs=1", "train.tensorboard=false",
+                                                       "eval.plots=false", "eval.bootstrap=0"]),
+                work_dir=str(tmp_path / "cos"))
+    assert "weight" in load_checkpoint(run / "best.pt")["model"]
+    assert 0 <= evaluate(run, "test", tmp_path / "report")["model"]["macro_auroc"] <= 1

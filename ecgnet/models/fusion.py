@@ -36,6 +36,6 @@ class FeatureFusion(nn.Module):
 
 def accepts_lengths(model: nn.Module) -> bool:
     """Whether the model can mask the padding of a variable-length batch: its ``forward`` (for a
-    fused model, its backbone's) takes ``lengths``."""
-    model = model.backbone if isinstance(model, FeatureFusion) else model
+    model wrapped around a backbone, such as ``FeatureFusion``, its backbone's) takes ``lengths``."""
+    model = getattr(model, "backbone", model)
     return "lengths" in inspect.signature(model.forward).parameters
