@@ -237,8 +237,10 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
         drawn = "patients" if boot["unit"] == "patient" else "scored units" if records.units else "records"
         ci_note = (f"95 % CIs: percentile bootstrap, {resamples} resamples of {drawn}"
                    + (", each keeping every class present in the split" if boot["class_preserving"] else ""))
-    decision = ("thresholds tuned on validation" if cfg["eval"]["thresholds"] == "tuned" else
-                f"fixed threshold {cfg['thresholds']['default']:g}" if records.multilabel else "argmax (untuned)")
+    if cfg["eval"]["thresholds"] == "fixed":
+        decision = f"fixed threshold {cfg['thresholds']['default']:g}" if records.multilabel else "argmax (untuned)"
+    else:
+        decision = "argmax" if all(s["thresholds"] is None for s in states) else "thresholds tuned on validation"
     text = (f"{split} split, {results[main]['n']} {unit}, windows combined by {aggregate}, {decision}: {run_dir}\n"
             f"{ci_note}\n{summary_table(results)}\n\n"
             f"per class ({main}):\n{per_class_table(results[main])}\n")
