@@ -66,15 +66,35 @@ def class_preserving_weights(y_true: np.ndarray, resamples: int, rng: np.random.
     (a split with a dozen single-positive classes keeps about 1 resample in 700), falls back to
     unconditional resamples (acceptance reported as 0). Returns (W, unit, n_units, acceptance rate).
     """
-    y = (np.asarray(y_true) > 0).astype(np.int64)
+    y = (np.asarray(y_true) > 0).astype(np.float32)     # float32: W @ y through BLAS, exact for counts < 2**24
     needs_pos, needs_neg = y.any(0), (y == 0).any(0)
     if max_draws is None:
         max_draws = max(100, MAX_RECORD_DRAWS // max(resamples * len(y), 1))
+    # expected share of resamples that keep every class, from each class's share of units holding a
+    # positive (and a negative), as if classes were independent: when even the whole draw budget would
+    # not yield enough (thousands of single-record classes, as person identification has), say so now
+    # instead of drawing for minutes
+    units = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1) if groups is not None \
+        else np.arange(len(y))
+    n_units = int(units.max()) + 1
+    unit_pos = np.zeros((n_units, y.shape[1]), np.float32)
+    np.maximum.at(unit_pos, units, y)
+    unit_neg = np.zeros((n_units, y.shape[1]), np.float32)
+    np.maximum.at(unit_neg, units, 1 - y)
+    with np.errstate(divide="ignore"):
+        log_keep = (np.log1p(-(1 - unit_pos.mean(0)[needs_pos]) ** n_units).sum()
+                    + np.log1p(-(1 - unit_neg.mean(0)[needs_neg]) ** n_units).sum())
+    if log_keep + np.log(max_draws) < np.log(0.1):   # a tenth of what is needed, in the whole budget
+        log.warning("bootstrap: a resample keeps every class with probability ~%.1e (classes with very few "
+                    "positives); using unconditional resamples, so macro-average intervals mix different class "
+                    "sets", np.exp(log_keep))
+        W, unit, n_units = resample_weights(len(y), resamples, rng, groups)
+        return W, unit, n_units, 0.0
     kept, kept_n, drawn = [], 0, 0
     for _ in range(max_draws):
         W, unit, n_units = resample_weights(len(y), resamples, rng, groups)
         drawn += resamples
-        pos = W @ y
+        pos = W.astype(np.float32) @ y
         neg = W.sum(1, keepdims=True) - pos
         ok = (pos[:, needs_pos] > 0).all(1) & (neg[:, needs_neg] > 0).all(1)
         kept.append(W[ok])

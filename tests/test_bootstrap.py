@@ -190,3 +190,17 @@ def test_rare_classes_stay_in_every_resample_so_the_macro_interval_holds_its_est
     W = resample_weights(n, 300, np.random.default_rng(0))[0]
     lo, hi = np.nanpercentile(metrics_from_weights(y, probs, decisions, W, True)["macro_auprc"], [2.5, 97.5])
     assert not lo <= point <= hi
+
+
+def test_thousands_of_single_record_classes_fall_back_without_drawing(monkeypatch, caplog):
+    """Person identification: 2,000 patients with one test record each. No resample keeps every
+    class, so the class-preserving draw is skipped up front (it used to draw for minutes)."""
+    import ecgnet.bootstrap as bootstrap
+    n = 2000
+    y = np.eye(n, dtype=np.int64)
+    calls = []
+    real = bootstrap.resample_weights
+    monkeypatch.setattr(bootstrap, "resample_weights", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with caplog.at_level("WARNING"):
+        W, unit, n_units, acceptance = bootstrap.class_preserving_weights(y, 100, np.random.default_rng(0))
+    assert calls == [1] and acceptance == 0.0 and W.shape == (100, n) and "unconditional" in caplog.text
