@@ -86,6 +86,22 @@ def per_class_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+#: more classes than this (person identification: thousands) get one micro-averaged curve and a
+#: confusion image without numbers: a curve or a cell per class would be unreadable and take minutes
+MAX_PLOTTED_CLASSES = 30
+
+
+def _micro_curve(ax, y_true: np.ndarray, probs: np.ndarray, kind: str) -> None:
+    y, p = y_true.ravel(), probs.ravel()
+    label = f"micro-average over {y_true.shape[1]} classes (per class: per_class.csv)"
+    if kind == "roc":
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=label)
+    else:
+        precision, recall, _ = precision_recall_curve(y, p)
+        ax.step(recall, precision, where="post", label=label)
+
+
 def _curve_label(metrics: dict, c: int, key: str) -> str:
     row = metrics["per_class"][c]
     interval = row.get(f"{key}_ci")
@@ -96,11 +112,13 @@ def _curve_label(metrics: dict, c: int, key: str) -> str:
 def plot_roc(y_true: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, title: str) -> None:
     """One ROC curve per class (classes without both outcomes have none), AUROC and CI in the legend."""
     fig, ax = plt.subplots(figsize=(6.5, 6))
-    for c in range(y_true.shape[1]):
+    for c in range(y_true.shape[1]) if y_true.shape[1] <= MAX_PLOTTED_CLASSES else ():
         if metrics["per_class"][c]["auroc"] is None:
             continue
         fpr, tpr, _ = roc_curve(y_true[:, c], probs[:, c])
         ax.plot(fpr, tpr, label=_curve_label(metrics, c, "auroc"))
+    if y_true.shape[1] > MAX_PLOTTED_CLASSES:
+        _micro_curve(ax, y_true, probs, "roc")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
     ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
            title=f"ROC: {title}", xlim=(0, 1), ylim=(0, 1.01))
@@ -113,11 +131,13 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, t
 def plot_pr(y_true: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, title: str) -> None:
     """One precision-recall curve per class with positives, AUPRC (average precision) and CI in the legend."""
     fig, ax = plt.subplots(figsize=(6.5, 6))
-    for c in range(y_true.shape[1]):
+    for c in range(y_true.shape[1]) if y_true.shape[1] <= MAX_PLOTTED_CLASSES else ():
         if metrics["per_class"][c]["auprc"] is None:
             continue
         precision, recall, _ = precision_recall_curve(y_true[:, c], probs[:, c])
         ax.step(recall, precision, where="post", label=_curve_label(metrics, c, "auprc"))
+    if y_true.shape[1] > MAX_PLOTTED_CLASSES:
+        _micro_curve(ax, y_true, probs, "pr")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (+P)", title=f"precision-recall: {title}",
            xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower left", fontsize=7)
@@ -128,7 +148,16 @@ def plot_pr(y_true: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, ti
 
 def plot_confusion(metrics: dict, class_names: Sequence[str], multilabel: bool, path: Path, title: str) -> None:
     cm = np.asarray(metrics["confusion_matrix"])
-    if multilabel:   # one 2x2 matrix per class: [[TN, FP], [FN, TP]]
+    if len(class_names) > MAX_PLOTTED_CLASSES:
+        # too many classes for a cell each: single-label rows normalised to the true class; multi-label
+        # one row [TN, FP, FN, TP] per class, normalised
+        fig, ax = plt.subplots(figsize=(7, 7))
+        shown = cm.reshape(len(class_names), 4) if multilabel else cm
+        ax.imshow(shown / np.maximum(shown.sum(1, keepdims=True), 1), cmap="Blues", aspect="auto",
+                  interpolation="nearest")
+        ax.set(xlabel="TN, FP, FN, TP" if multilabel else "predicted class", ylabel="true class",
+               title=f"{len(class_names)} classes, rows normalised (counts in metrics.json)")
+    elif multilabel:   # one 2x2 matrix per class: [[TN, FP], [FN, TP]]
         cols = min(len(class_names), 4)
         rows = int(np.ceil(len(class_names) / cols))
         fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)

@@ -266,3 +266,25 @@ def test_evaluate_overrides_are_checked_like_a_config(tmp_path, monkeypatch):
     assert "tuned on validation" in (run / "eval/test_thresholds-tuned/summary.txt").read_text().splitlines()[0]
     info = json.loads((run / "eval/test_thresholds-fixed/eval_info.json").read_text())
     assert info["thresholds"] == "fixed"
+
+
+def test_plots_of_thousands_of_classes_stay_small_and_quick(tmp_path):
+    """Person identification has ~2,100 classes: one micro-averaged curve and one confusion image
+    (a curve and an annotated cell per class made a 1,500-inch figure that took minutes)."""
+    from ecgnet.metrics import classification_metrics
+    from ecgnet.reports import MAX_PLOTTED_CLASSES, plot_confusion, plot_pr, plot_roc
+    rng = np.random.default_rng(0)
+    n = 400
+    y = np.eye(n, dtype=np.int64)
+    probs = rng.random((n, n)) + 3 * y
+    probs /= probs.sum(1, keepdims=True)
+    decisions = np.zeros_like(y)
+    decisions[np.arange(n), probs.argmax(1)] = 1
+    names = [f"p{i}" for i in range(n)]
+    metrics = classification_metrics(y, probs, decisions, names, False)
+    plot_roc(y, probs, metrics, tmp_path / "roc.png", "t")
+    plot_pr(y, probs, metrics, tmp_path / "pr.png", "t")
+    plot_confusion(metrics, names, False, tmp_path / "confusion.png", "t")
+    assert n > MAX_PLOTTED_CLASSES
+    for f in ("roc.png", "pr.png", "confusion.png"):
+        assert 0 < (tmp_path / f).stat().st_size < 2_000_000, f
