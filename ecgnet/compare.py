@@ -229,11 +229,12 @@ class TargetRow:
 
 def load_targets(path: str | Path | None) -> list[dict]:
     """Goals as a YAML list. Each entry: ``target`` (what it is, in words), ``metric`` (SPLIT/KEY of
-    metrics.json), ``reference`` (the published number, or null), ``goal`` (a number to reach,
-    ``within_ci``: the reference lies inside the run's 95 % CI, or null: reported, e.g. an ablation), ``run`` (run directory, relative to
-    the working directory; null: not run yet) and optionally ``report`` (the folder under eval/, e.g.
-    ``test_thresholds-fixed``; default the metric's split), ``model`` (default the report's lead
-    model), ``lower_is_better`` and ``note`` (why a goal is not met, or how the number was made)."""
+    metrics.json), ``reference`` (the published number, or null), ``goal`` (a number to reach;
+    ``within_ci``: the reference lies inside the run's 95 % CI; or null: reported only, e.g. an
+    ablation), ``run`` (run directory, relative to the working directory; null: not run yet) and
+    optionally ``report`` (the folder under eval/, e.g. ``test_thresholds-fixed``; default the
+    metric's split), ``model`` (default the report's lead model), ``lower_is_better`` and ``note``
+    (why a goal is not met, or how the number was made)."""
     if path is None:
         return []
     if not Path(path).is_file():
