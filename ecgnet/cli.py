@@ -120,7 +120,8 @@ def compare_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--references", metavar="FILE",
                         help="published numbers to show beside the runs (default experiments/references.yaml)")
     parser.add_argument("--targets", metavar="FILE",
-                        help="goals to mark met or not, each read from one run's report (e.g. experiments/targets.yaml)")
+                        help="goals to mark met or not, each read from one run's report "
+                             "(e.g. experiments/targets.yaml)")
     args = parser.parse_args(argv)
     _setup_logging(False)
 

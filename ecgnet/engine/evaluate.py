@@ -248,7 +248,8 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
         text += f"\nAAMI beat classes ({main}):\n{aami_table(results[main])}\n"
     (out_dir / "summary.txt").write_text(text)
     write_json({"command": sys.argv, "split": split, "main": main, "models": list(results),
-                "aggregate": aggregate, "thresholds": cfg["eval"]["thresholds"], "bootstrap": resamples, "eval_overrides": eval_overrides or {},
+                "aggregate": aggregate, "thresholds": cfg["eval"]["thresholds"], "bootstrap": resamples,
+                "eval_overrides": eval_overrides or {},
                 "device": str(device), "git_commit": git_commit(),
                 "units": len(unit_ids), "wall_s": round(time.time() - started, 2),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, out_dir / "eval_info.json")

@@ -17,6 +17,6 @@ from .se_attention1d import SEAttention1d
 from .se_resnet1d import SEResNet1d
 from .xresnet1d import XResNet1d, XResNet1d50
 
-__all__ = ["MODELS", "CNN1d", "CosineClassifier", "FeatureFusion", "Inception1d", "ResNet1d", "ResNet1dWang", "SEAttention1d", "SEResNet1d",
-           "XResNet1d", "XResNet1d50", "accepts_lengths"]
+__all__ = ["MODELS", "CNN1d", "CosineClassifier", "FeatureFusion", "Inception1d", "ResNet1d", "ResNet1dWang",
+           "SEAttention1d", "SEResNet1d", "XResNet1d", "XResNet1d50", "accepts_lengths"]
 
