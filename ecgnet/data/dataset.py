@@ -318,13 +318,14 @@ def collate(batch: list[tuple]) -> Batch:
     lengths = torch.tensor([item[0].shape[1] for item in batch], dtype=torch.int64)
     longest = int(lengths.max())
     if bool((lengths == longest).all()):
-        signals, lengths = torch.stack([item[0] for item in batch]), None
+        # default_collate stacks into shared memory inside a DataLoader worker: no copy on the way back
+        signals, lengths = torch.utils.data.default_collate([item[0] for item in batch]), None
     else:
         signals = torch.zeros(len(batch), batch[0][0].shape[0], longest)
         for i, item in enumerate(batch):
             signals[i, :, :item[0].shape[1]] = item[0]
     targets = torch.utils.data.default_collate([item[1] for item in batch])
-    features = torch.stack([item[2] for item in batch]) if len(batch[0]) > 2 else None
+    features = torch.utils.data.default_collate([item[2] for item in batch]) if len(batch[0]) > 2 else None
     return Batch(signals, targets, lengths, features)
 
 
