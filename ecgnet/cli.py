@@ -87,7 +87,9 @@ def train_main(argv: list[str] | None = None) -> int:
 def evaluate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint, a run, or all folds of a k-fold run "
                                                  "and their ensembles.")
-    parser.add_argument("--ckpt", required=True, help="a .pt file, a run directory or a k-fold run directory")
+    parser.add_argument("--ckpt", required=True, nargs="+",
+                        help="a .pt file, a run directory or a k-fold run directory; several: their models are "
+                             "scored as one ensemble (needs --out)")
     parser.add_argument("--config", help="read the data with this config instead of the checkpoint's")
     parser.add_argument("--split", choices=["test", "val"], help="default: the config's eval.split (test)")
     parser.add_argument("--out", help="report directory (default RUN_DIR/eval/SPLIT)")
@@ -104,7 +106,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         if set(overrides) - {"eval"}:
             raise ConfigError(f"--opts: evaluate takes eval.* settings only (what the model saw is fixed by its "
                               f"checkpoint), got {', '.join(sorted(set(overrides) - {'eval'}))}")
-        evaluate(args.ckpt, args.split, args.out, args.config, overrides.get("eval"))
+        evaluate(args.ckpt if len(args.ckpt) > 1 else args.ckpt[0], args.split, args.out, args.config, overrides.get("eval"))
     return guarded(run)
 
 

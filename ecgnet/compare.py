@@ -264,10 +264,11 @@ def score_target(entry: dict) -> TargetRow:
     if not entry["run"]:
         return TargetRow(entry, None, None, None, "not run")
     run = Path(entry["run"])
-    if not (run / "config.yaml").is_file():
-        return TargetRow(entry, None, None, None, "not run")
     split, key = entry["metric"].split("/", 1)
     report = run / "eval" / (entry.get("report") or split)
+    # a run directory, or an ensemble's report folder (evaluate --ckpt RUN_A RUN_B --out DIR/eval/test)
+    if not (run / "config.yaml").is_file() and not (report / "metrics.json").is_file():
+        return TargetRow(entry, None, None, None, "not run")
     metrics, info = _read_json(report / "metrics.json"), _read_json(report / "eval_info.json")
     model = entry.get("model") or info.get("main") or ("model" if "model" in metrics else None)
     m = metrics.get(model) or {}

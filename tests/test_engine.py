@@ -113,6 +113,33 @@ def test_evaluate_from_checkpoint_alone(kfold_run, tmp_path, capsys):
     assert single["model"]["macro_f1"] == pytest.approx(results["fold1"]["macro_f1"])
 
 
+def test_runs_of_different_recipes_scored_as_one_ensemble(kfold_run, small_cfg, tmp_path):
+    """evaluate --ckpt RUN_A RUN_B: e.g. CE + weighted CE + focal runs of one task; each model keeps its
+    own thresholds, the ensembles combine them; runs that read the data differently are refused."""
+    from ecgnet.registry import ConfigError
+    other = train(load_config(small_cfg, ["train.epochs=3", "loss.type=focal", "loss.alpha=null"]),
+                  work_dir=str(tmp_path / "focal"))
+    results = evaluate([kfold_run / "fold0", other], "test", tmp_path / "ens" / "eval" / "test")
+    assert set(results) == {"fold0", "focal", "ensemble_vote", "ensemble_mean"}
+    alone = evaluate(other, "test", tmp_path / "alone")
+    assert results["focal"]["macro_auroc"] == pytest.approx(alone["model"]["macro_auroc"])
+    info = json.loads((tmp_path / "ens" / "eval" / "test" / "eval_info.json").read_text())
+    assert info["main"] == "ensemble_vote" and len(info["checkpoints"]) == 2
+    with pytest.raises(ConfigError, match="--out: required"):
+        evaluate([kfold_run / "fold0", other], "test")
+    with pytest.raises(ConfigError, match="given twice"):
+        evaluate([other, other], "test", tmp_path / "twice")
+    resampled = train(load_config(small_cfg, ["train.epochs=3", "preprocess.bandpass_hz=[1, 20]"]),
+                      work_dir=str(tmp_path / "bp"))
+    with pytest.raises(ConfigError, match="reads the data differently.*preprocess.bandpass_hz"):
+        evaluate([other, resampled], "test", tmp_path / "bad")
+    # the Targets table reads an ensemble's report folder (no config.yaml there)
+    from ecgnet.compare import score_target
+    row = score_target({"target": "t", "metric": "test/macro_auroc", "reference": None, "goal": 0.5,
+                        "run": str(tmp_path / "ens")})
+    assert row.status == "met" and row.value == pytest.approx(results["ensemble_vote"]["macro_auroc"])
+
+
 def test_resume_of_finished_run_retrains_nothing(kfold_run):
     before = {p: p.stat().st_mtime_ns for p in kfold_run.glob("fold*/best.pt")}
     resume(kfold_run)

@@ -46,6 +46,24 @@ def find_checkpoints(path: str | Path) -> tuple[Path, list[Path]]:
     return path, folds
 
 
+def gather_models(ckpts: list[str | Path]) -> tuple[Path | None, list[Path], list[str]]:
+    """Every model of one or more ``--ckpt`` entries -> (run directory or None when several runs are
+    combined, checkpoints, a name per model: ``model``, ``fold<k>``, or the run's folder name)."""
+    found = [find_checkpoints(c) for c in ckpts]
+    if len(found) == 1:
+        run_dir, paths = found[0]
+        return run_dir, paths, [p.parent.name if len(paths) > 1 else "model" for p in paths]
+    paths, names = [], []
+    for run_dir, run_paths in found:
+        for p in run_paths:
+            name = run_dir.name if len(run_paths) == 1 else f"{run_dir.name}/{p.parent.name}"
+            if name in names:
+                raise ConfigError(f"--ckpt: {name} is given twice; an ensemble takes each model once")
+            paths.append(p)
+            names.append(name)
+    return None, paths, names
+
+
 def _split_index(ids_in_data: list[str], wanted: list[str], source: Path, split: str) -> np.ndarray:
     position = {rid: i for i, rid in enumerate(ids_in_data)}
     missing = [rid for rid in wanted if rid not in position]
@@ -121,9 +139,27 @@ def _one_pass(states: list[dict], split: str) -> bool:
                and s["normalizer"]["mode"] == first["normalizer"]["mode"] for s in states)
 
 
-def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None = None,
+def _check_same_data(states: list[dict], paths: list[Path]) -> None:
+    """Models of different runs are scored on one reading of the data: the same classes, leads, rate,
+    features, and data/preprocess settings (their windows, normalisation and thresholds may differ)."""
+    first = states[0]
+    for path, state in zip(paths[1:], states[1:]):
+        for key in ("class_names", "leads", "fs", "feature_names"):
+            if state.get(key) != first.get(key):
+                raise ConfigError(f"--ckpt {path}: trained with {key} {state.get(key)}, but {paths[0]} with "
+                                  f"{first.get(key)}; an ensemble combines models of one task and input")
+        changed = [k for k in config_diff(first["config"], state["config"])
+                   if k.split(".")[0] in ("data", "preprocess") and k not in DATA_LOCATION]
+        if changed:
+            raise ConfigError(f"--ckpt {path}: reads the data differently from {paths[0]} "
+                              f"({describe_changes(changed, first['config'], state['config'])}); an ensemble "
+                              "combines models trained on the same data settings")
+
+
+def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path | None = None,
              config: str | Path | None = None, eval_overrides: dict | None = None) -> dict:
-    """``split`` defaults to the config's ``eval.split`` (test). Writes ``<out>/metrics.json`` (all
+    """``ckpt``: one checkpoint / run / k-fold run, or a list of them to score as one ensemble (then
+    ``out`` is required). ``split`` defaults to the config's ``eval.split`` (test). Writes ``<out>/metrics.json`` (all
     models side by side), ``eval_info.json`` (command, wall time, settings), ``summary.txt``, and a
     sub-folder per model with metrics.json, per_class.csv, roc.png, confusion.png; prints the tables.
 
@@ -131,12 +167,17 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
     ``eval.aggregate``; CIs come from ``eval.bootstrap`` resamples of patients, the same resamples
     for every model so their intervals are comparable. Returns the metrics."""
     started = time.time()
-    run_dir, paths = find_checkpoints(ckpt)
+    ckpts = list(ckpt) if isinstance(ckpt, (list, tuple)) else [ckpt]
+    run_dir, paths, names = gather_models(ckpts)
+    if run_dir is None and not out:
+        raise ConfigError("--out: required when --ckpt names several runs (the report belongs to none of them)")
     states = [load_checkpoint(p) for p in paths]
     for p, s in zip(paths, states):
         if not s.get("finished"):
             raise DataError(f"{p}: training did not finish (no tuned thresholds); "
-                            f"finish it with tools/train.py --resume {run_dir}")
+                            f"finish it with tools/train.py --resume {p.parent}")
+    if run_dir is None:
+        _check_same_data(states, paths)
     trained = _checked_config(states[0]["config"], paths[0])
     cfg = trained
     if config:
@@ -152,6 +193,7 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
     # gets its own folder, so it never replaces the run's own report (eval/<split>)
     suffix = "".join(f"_{k}-{v}" for k, v in sorted((eval_overrides or {}).items()))
     out_dir = Path(out) if out else run_dir / "eval" / f"{split}{suffix}"
+    run_name = run_dir.name if run_dir else " + ".join(names)
     _check_writable(out_dir, "--out" if out else "--ckpt")   # before minutes of inference
     data = prepare_data(cfg)
     records = data.records
@@ -171,7 +213,6 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
     tcfg = cfg["train"]
     loader_args = {"num_workers": resolve_num_workers(tcfg["num_workers"], device), "pin_memory": device.type == "cuda",
                    "log_every_s": tcfg["log_every_s"]}
-    names = [p.parent.name if len(paths) > 1 else "model" for p in paths]
     curves, results, probs_all, decisions_all = {}, {}, [], []
 
     def add(name, y, probs, decisions, groups):
@@ -223,7 +264,8 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
         add("ensemble_mean", y, mean_p, mean_d, groups)
     elif len(paths) > 1:
         log.info("the %s split differs per fold, so no ensemble is scored on it", split)
-    title = f"{run_dir.name} ({cfg['model']['type']}, {split} split)"
+    models = cfg["model"]["type"] if run_dir else ", ".join(dict.fromkeys(s["config"]["model"]["type"] for s in states))
+    title = f"{run_name} ({models}, {split} split)"
     for name, metrics in results.items():
         target = out_dir if len(results) == 1 else out_dir / name
         write_model_report(target, f"{title}: {name}", metrics, *curves[name], records.class_names,
@@ -241,7 +283,8 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
         decision = f"fixed threshold {cfg['thresholds']['default']:g}" if records.multilabel else "argmax (untuned)"
     else:
         decision = "argmax" if all(s["thresholds"] is None for s in states) else "thresholds tuned on validation"
-    text = (f"{split} split, {results[main]['n']} {unit}, windows combined by {aggregate}, {decision}: {run_dir}\n"
+    text = (f"{split} split, {results[main]['n']} {unit}, windows combined by {aggregate}, {decision}: "
+            f"{run_dir or ', '.join(str(c) for c in ckpts)}\n"
             f"{ci_note}\n{summary_table(results)}\n\n"
             f"per class ({main}):\n{per_class_table(results[main])}\n")
     if is_aami(records.class_names, records.multilabel):
@@ -249,7 +292,7 @@ def evaluate(ckpt: str | Path, split: str | None = None, out: str | Path | None 
     (out_dir / "summary.txt").write_text(text)
     write_json({"command": sys.argv, "split": split, "main": main, "models": list(results),
                 "aggregate": aggregate, "thresholds": cfg["eval"]["thresholds"], "bootstrap": resamples,
-                "eval_overrides": eval_overrides or {},
+                "eval_overrides": eval_overrides or {}, "checkpoints": [str(p) for p in paths],
                 "device": str(device), "git_commit": git_commit(),
                 "units": len(unit_ids), "wall_s": round(time.time() - started, 2),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, out_dir / "eval_info.json")
