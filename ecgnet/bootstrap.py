@@ -84,12 +84,14 @@ def class_preserving_weights(y_true: np.ndarray, resamples: int, rng: np.random.
     with np.errstate(divide="ignore"):
         log_keep = (np.log1p(-(1 - unit_pos.mean(0)[needs_pos]) ** n_units).sum()
                     + np.log1p(-(1 - unit_neg.mean(0)[needs_neg]) ** n_units).sum())
+
+    def unconditional(why: str):
+        log.warning("bootstrap: %s (a class has very few positives); using unconditional resamples, so "
+                    "macro-average intervals mix different class sets", why)
+        return (*resample_weights(len(y), resamples, rng, groups), 0.0)
+
     if log_keep + np.log(max_draws) < np.log(0.1):   # a tenth of what is needed, in the whole budget
-        log.warning("bootstrap: a resample keeps every class with probability ~%.1e (classes with very few "
-                    "positives); using unconditional resamples, so macro-average intervals mix different class "
-                    "sets", np.exp(log_keep))
-        W, unit, n_units = resample_weights(len(y), resamples, rng, groups)
-        return W, unit, n_units, 0.0
+        return unconditional(f"a resample keeps every class with probability ~{np.exp(log_keep):.1e}")
     kept, kept_n, drawn = [], 0, 0
     for _ in range(max_draws):
         W, unit, n_units = resample_weights(len(y), resamples, rng, groups)
@@ -101,10 +103,7 @@ def class_preserving_weights(y_true: np.ndarray, resamples: int, rng: np.random.
         kept_n += int(ok.sum())
         if kept_n >= resamples:
             return np.concatenate(kept)[:resamples], unit, n_units, kept_n / drawn
-    log.warning("bootstrap: only %d of %d resamples keep every class (a class is very rare); using unconditional "
-                "resamples, so macro-average intervals mix different class sets", kept_n, drawn)
-    W, unit, n_units = resample_weights(len(y), resamples, rng, groups)
-    return W, unit, n_units, 0.0
+    return unconditional(f"only {kept_n} of {drawn} resamples keep every class")
 
 
 def _ranking_metrics(y: np.ndarray, score: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -78,18 +78,18 @@ def build_model(cfg: dict, in_leads: int, num_classes: int, feature_names: Optio
     output becomes a ``fusion.embed_dim`` embedding, joined with the features in ``FeatureFusion``;
     with ``classifier.type: cosine`` a ``classifier.embed_dim`` embedding under ``CosineClassifier``."""
     head = cfg.get("classifier") or {"type": "linear"}   # checkpoints from before the section default to it
-    if head["type"] == "cosine":
-        if feature_names:
-            raise ConfigError("classifier.type: cosine does not take per-record features (the data gives "
-                              f"{', '.join(feature_names)}); use the linear classifier or turn the features off")
-        backbone = build("model", cfg, in_leads=in_leads, num_classes=head["embed_dim"])
-        return CosineClassifier(backbone, head["embed_dim"], num_classes, head["scale"])
-    if not feature_names:
+    if head["type"] == "cosine" and feature_names:
+        raise ConfigError("classifier.type: cosine does not take per-record features (the data gives "
+                          f"{', '.join(feature_names)}); use the linear classifier or turn the features off")
+    if head["type"] != "cosine" and not feature_names:
         return build("model", cfg, in_leads=in_leads, num_classes=num_classes)
+    # under a head, the backbone's last layer gives an embedding instead of the classes
+    embed_dim = head["embed_dim"] if head["type"] == "cosine" else cfg["fusion"]["embed_dim"]
+    backbone = build("model", cfg, in_leads=in_leads, num_classes=embed_dim)
+    if head["type"] == "cosine":
+        return CosineClassifier(backbone, embed_dim, num_classes, head["scale"])
     fusion = cfg["fusion"]
-    backbone = build("model", cfg, in_leads=in_leads, num_classes=fusion["embed_dim"])
-    return FeatureFusion(backbone, len(feature_names), fusion["embed_dim"], num_classes, fusion["hidden"],
-                         fusion["dropout"])
+    return FeatureFusion(backbone, len(feature_names), embed_dim, num_classes, fusion["hidden"], fusion["dropout"])
 
 
 def build_augmentations(cfg: dict, fs: float) -> list:

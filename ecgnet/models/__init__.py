@@ -9,7 +9,8 @@ where the data has them, or under a cosine classifier (``cosine.py``).
 from ..registry import MODELS
 from .cnn1d import CNN1d
 from .cosine import CosineClassifier
-from .fusion import FeatureFusion, accepts_lengths
+from .fusion import FeatureFusion
+from .layers import accepts_lengths
 from .inception1d import Inception1d
 from .resnet1d import ResNet1d
 from .resnet1d_wang import ResNet1dWang

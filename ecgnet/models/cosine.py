@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import backbone_embedding
+
 
 class CosineClassifier(nn.Module):
     """``(batch, leads, samples) -> scale * cos(embedding, class vector)``, (batch, num_classes)."""
@@ -24,6 +26,6 @@ class CosineClassifier(nn.Module):
         self.weight = nn.Parameter(torch.randn(num_classes, embed_dim) / embed_dim ** 0.5)
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        embedding = self.backbone(x) if lengths is None else self.backbone(x, lengths)
+        embedding = backbone_embedding(self.backbone, x, lengths)
         # in float32: normalising bf16 vectors of 128 numbers loses the angle's last digits
         return self.scale * F.linear(F.normalize(embedding.float(), dim=1), F.normalize(self.weight.float(), dim=1))

@@ -7,11 +7,12 @@ seconds and ratios) and both feed a small MLP head. Late fusion keeps every back
 """
 from __future__ import annotations
 
-import inspect
 from typing import Optional
 
 import torch
 from torch import nn
+
+from .layers import backbone_embedding
 
 
 class FeatureFusion(nn.Module):
@@ -30,12 +31,6 @@ class FeatureFusion(nn.Module):
         if features is None:
             raise ValueError("FeatureFusion: this model was trained with per-record features beside the signal "
                              "and needs them (features=...)")
-        embedding = self.backbone(x) if lengths is None else self.backbone(x, lengths)
+        embedding = backbone_embedding(self.backbone, x, lengths)
         return self.head(torch.cat([torch.relu(embedding), self.feature_norm(features.float())], 1))
 
-
-def accepts_lengths(model: nn.Module) -> bool:
-    """Whether the model can mask the padding of a variable-length batch: its ``forward`` (for a
-    model wrapped around a backbone, such as ``FeatureFusion``, its backbone's) takes ``lengths``."""
-    model = getattr(model, "backbone", model)
-    return "lengths" in inspect.signature(model.forward).parameters

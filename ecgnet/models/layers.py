@@ -5,6 +5,7 @@ All blocks take and return ``(batch, channels, samples)`` tensors unless stated 
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections import OrderedDict
 from typing import Any, Iterable
@@ -14,6 +15,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import ConfigError
+
+
+# ---- Backbones under a head (FeatureFusion, CosineClassifier) -----------------------------------
+def accepts_lengths(model: nn.Module) -> bool:
+    """Whether the model can mask the padding of a variable-length batch: its ``forward`` (for a
+    model wrapped around a backbone, such as ``FeatureFusion``, its backbone's) takes ``lengths``."""
+    model = getattr(model, "backbone", model)
+    return "lengths" in inspect.signature(model.forward).parameters
+
+
+def backbone_embedding(backbone: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """A backbone built with an embedding width instead of the classes, applied to ``x``; ``lengths``
+    only where given (plain batches call it as ``backbone(x)``)."""
+    return backbone(x) if lengths is None else backbone(x, lengths)
 
 
 # ---- Variable-length batches -------------------------------------------------------------------
