@@ -21,5 +21,6 @@ setup(
         "ecgnet-train=ecgnet.cli:train_main",
         "ecgnet-evaluate=ecgnet.cli:evaluate_main",
         "ecgnet-compare=ecgnet.cli:compare_main",
+        "ecgnet-predict=ecgnet.cli:predict_main",
     ]},
 )

@@ -110,6 +110,34 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     return guarded(run)
 
 
+def predict_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Apply a trained model (a checkpoint, a run, or a k-fold run as "
+                                                 "an ensemble) to recordings: WFDB .hea/.dat, CinC .mat/.hea, "
+                                                 "ecgnet HDF5, CSV or NumPy; a file or a folder of them.")
+    parser.add_argument("--ckpt", required=True, help="a .pt file, a run directory or a k-fold run directory")
+    parser.add_argument("--input", required=True, help="a recording or a folder (searched recursively)")
+    parser.add_argument("--out", help="write every record to FILE.json or FILE.csv (default: a table on stdout)")
+    parser.add_argument("--fs", type=float, help="sampling rate (Hz) of CSV and NumPy inputs, which carry none")
+    parser.add_argument("--leads", help="comma-separated lead names of NumPy inputs (default: the model's, in order)")
+    parser.add_argument("--per-window", action="store_true", help="also each window's probabilities (JSON output)")
+    parser.add_argument("--device", default="auto", help="auto (the checkpoint's train.device), cpu or cuda[:N]")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    def run():
+        from .engine.predictor import format_table, predict_files
+        if args.out and not args.out.lower().endswith((".json", ".csv")):
+            raise ConfigError(f"--out {args.out}: name a .json or .csv file")
+        if args.per_window and args.out and args.out.lower().endswith(".csv"):
+            raise ConfigError("--per-window: per-window probabilities go to a .json --out, not a table")
+        leads = [n.strip() for n in args.leads.split(",")] if args.leads else None
+        results, _ = predict_files(args.ckpt, args.input, args.out, args.fs, leads, args.per_window, args.device)
+        if not args.out:
+            print(format_table(results, list(results[0]["probabilities"])))
+    return guarded(run)
+
+
 def compare_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compare evaluated runs: one table per dataset with the chosen "
                                                  "metrics, their 95 % CIs and the config keys that differ.")

@@ -114,6 +114,9 @@ class EvalCfg:
     # tuned: the per-class thresholds tuned on validation (stored in the checkpoint); fixed: the
     # untuned decision (multi-label p >= thresholds.default, single-label argmax), for the ablation
     thresholds: Literal["tuned", "fixed"] = "tuned"
+    # auto: the temperature fitted on validation where the checkpoint has one (``calibration``);
+    # none: the network's raw probabilities, for the ablation
+    calibration: Literal["auto", "none"] = "auto"
 
 
 @dataclass
@@ -141,8 +144,11 @@ PLAIN_SECTIONS: dict[str, type] = {
     "thresholds": ThresholdsCfg, "kfold": KFoldCfg, "eval": EvalCfg, "fusion": FusionCfg,
     "classifier": ClassifierCfg,
 }
-TOP_LEVEL: dict[str, Any] = {"name": Optional[str], "seed": int, "work_dir": str, "augment": list}
-TOP_DEFAULTS: dict[str, Any] = {"name": None, "seed": 0, "work_dir": "runs", "augment": []}
+# calibration: temperature scaling fitted on validation (``ecgnet.calibration``), or none
+TOP_LEVEL: dict[str, Any] = {"name": Optional[str], "seed": int, "work_dir": str, "augment": list,
+                             "calibration": Literal["temperature", "none"]}
+TOP_DEFAULTS: dict[str, Any] = {"name": None, "seed": 0, "work_dir": "runs", "augment": [],
+                                "calibration": "temperature"}
 
 
 def _at_least(low):

@@ -1,4 +1,5 @@
-"""Files people read: metrics.json, per_class.csv, text tables, ROC, precision-recall and confusion PNGs."""
+"""Files people read: metrics.json, per_class.csv, text tables, ROC, precision-recall, confusion and
+reliability PNGs."""
 from __future__ import annotations
 
 import csv
@@ -14,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from .calibration import expected_calibration_error, reliability_curve  # noqa: E402
 from .metrics import summary  # noqa: E402
 
 
@@ -189,8 +191,31 @@ def _draw_matrix(ax, cm: np.ndarray, names: Sequence[str]) -> None:
                 color="white" if v > cm.max() / 2 else "black")
 
 
+def plot_reliability(y_true: np.ndarray, probs: np.ndarray, raw_probs: np.ndarray | None, multilabel: bool,
+                     path: Path, title: str) -> None:
+    """Reliability diagram: observed frequency against mean predicted probability in 15 bins (marker area
+    ~ forecasts in the bin), with the uncalibrated probabilities beside the calibrated ones when given."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
+    shown = [("uncalibrated", raw_probs, "tab:gray"), ("temperature-scaled", probs, "tab:blue")] \
+        if raw_probs is not None else [("model", probs, "tab:blue")]
+    for label, p, color in shown:
+        confidence, observed, count = reliability_curve(y_true, p, multilabel)
+        ece = expected_calibration_error(y_true, p, multilabel)
+        ax.plot(confidence, observed, "-", color=color, lw=1, label=f"{label} (ECE {ece:.3f})")
+        ax.scatter(confidence, observed, s=10 + 190 * count / count.max(), color=color, alpha=0.7)
+    what = "every (record, class) probability" if multilabel else "top-class probability"
+    ax.set(xlabel=f"predicted probability ({what})", ylabel="observed frequency",
+           title=f"reliability: {title}", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_model_report(out_dir: Path, name: str, metrics: dict, y_true: np.ndarray, probs: np.ndarray,
-                       class_names: Sequence[str], multilabel: bool, plots: bool = True) -> None:
+                       class_names: Sequence[str], multilabel: bool, plots: bool = True,
+                       raw_probs: np.ndarray | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(metrics, out_dir / "metrics.json")
     write_per_class_csv(metrics, out_dir / "per_class.csv")
@@ -198,3 +223,4 @@ def write_model_report(out_dir: Path, name: str, metrics: dict, y_true: np.ndarr
         plot_roc(y_true, probs, metrics, out_dir / "roc.png", name)
         plot_pr(y_true, probs, metrics, out_dir / "pr.png", name)
         plot_confusion(metrics, class_names, multilabel, out_dir / "confusion.png", f"confusion: {name}")
+        plot_reliability(y_true, probs, raw_probs, multilabel, out_dir / "reliability.png", name)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bootstrap import bootstrap_cis
+from ..calibration import calibration_metrics
 from ..build import build_model, resolve_config
 from ..config import check_schema, config_diff, describe_changes, load_config
 from ..data.base import RecordSet
@@ -25,7 +26,7 @@ from ..reports import per_class_table, summary_table, write_json, write_model_re
 from ..thresholds import decide
 from .checkpoint import load_checkpoint
 from .distributed import resolve_num_workers
-from .predict import amp_dtype, describe_amp, predict, predict_many, resolve_device, to_units
+from .predict import amp_dtype, describe_amp, pool_rows, resolve_device, to_probabilities, to_units, window_logits
 from .run import git_commit, prepare_data
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
     tcfg = cfg["train"]
     loader_args = {"num_workers": resolve_num_workers(tcfg["num_workers"], device), "pin_memory": device.type == "cuda",
                    "log_every_s": tcfg["log_every_s"]}
-    curves, results, probs_all, decisions_all = {}, {}, [], []
+    curves, results, probs_all, decisions_all, raw = {}, {}, [], [], {}
 
     def add(name, y, probs, decisions, groups):
         results[name] = score(y, probs, decisions, groups, records, data.adapter, resamples, cfg["seed"])
@@ -229,30 +230,44 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
                            pad=not state.get("full_length", False), features=records.features)
 
     indices = [_split_index(records.ids, state["split"][split], path, split) for path, state in zip(paths, states)]
+    batch_size = tcfg["eval_batch_size"]
     if _one_pass(states, split):
         # k folds on one split: every batch is read once and each fold's model applied to it, with its
         # own per-lead normalisation applied on the device (per-record normalisation is fold-independent)
         normalizers = [Normalizer.from_state(s["normalizer"]) for s in states]
         shared = normalizers[0] if normalizers[0].mode == "per_record" else Normalizer("none")
         per_model = None if normalizers[0].mode == "per_record" else normalizers
-        outputs = predict_many([load_model(s) for s in states], windows_for(states[0], indices[0], shared),
-                               records.multilabel, device, dtype, tcfg["eval_batch_size"], normalizers=per_model,
-                               aggregate=aggregate, what=f"{split} split, {len(states)} models", **loader_args)
-        predictions = iter([probs for probs, _ in outputs])
+        windows = windows_for(states[0], indices[0], shared)
+        logits, rows, _ = window_logits([load_model(s) for s in states], windows, device, dtype, batch_size,
+                                        normalizers=per_model, what=f"{split} split, {len(states)} models",
+                                        **loader_args)
+        outputs = iter([(z, rows, len(windows.index)) for z in logits])
     else:
-        predictions = (predict(load_model(state), windows_for(state, index, Normalizer.from_state(state["normalizer"])),
-                               records.multilabel, device, dtype, tcfg["eval_batch_size"], aggregate=aggregate,
-                               what=f"{split} split, {name}", **loader_args)[0]
-                       for name, state, index in zip(names, states, indices))
+        def one(name, state, index):
+            windows = windows_for(state, index, Normalizer.from_state(state["normalizer"]))
+            logits, rows, _ = window_logits([load_model(state)], windows, device, dtype, batch_size,
+                                            what=f"{split} split, {name}", **loader_args)
+            return logits[0], rows, len(windows.index)
+        outputs = (one(name, state, index) for name, state, index in zip(names, states, indices))
+
     def thresholds_of(state):
         if cfg["eval"]["thresholds"] == "tuned":
             return state["thresholds"]
         return [cfg["thresholds"]["default"]] * len(records.class_names) if records.multilabel else None
 
-    for name, state, index, probs in zip(names, states, indices, predictions):
-        unit_ids, y, probs, groups = to_units(records, index, probs, aggregate)
+    def record_probs(z, rows, n, temperature):
+        return pool_rows(to_probabilities(z, records.multilabel, temperature), rows, n, aggregate)
+
+    for name, state, index, (z, rows, n) in zip(names, states, indices, outputs):
+        temperature = state.get("temperature") if cfg["eval"]["calibration"] == "auto" else None
+        unit_ids, y, probs, groups = to_units(records, index, record_probs(z, rows, n, temperature), aggregate)
         decisions = decide(probs, thresholds_of(state), records.multilabel)
         add(name, y, probs, decisions, groups)
+        calibration = {"temperature": temperature, **calibration_metrics(y, probs, records.multilabel)}
+        if temperature is not None:
+            raw[name] = to_units(records, index, record_probs(z, rows, n, None), aggregate)[2]
+            calibration["uncalibrated"] = calibration_metrics(y, raw[name], records.multilabel)
+        results[name]["calibration"] = calibration
         probs_all.append(probs)
         decisions_all.append(decisions)
     shared_split = len({tuple(s["split"][split]) for s in states}) == 1
@@ -262,6 +277,8 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
         mean_p, mean_d = mean_probability(probs_all, thresholds, records.multilabel)
         add("ensemble_vote", y, np.mean(probs_all, 0), vote, groups)
         add("ensemble_mean", y, mean_p, mean_d, groups)
+        for name in ("ensemble_vote", "ensemble_mean"):
+            results[name]["calibration"] = calibration_metrics(y, mean_p, records.multilabel)
     elif len(paths) > 1:
         log.info("the %s split differs per fold, so no ensemble is scored on it", split)
     models = cfg["model"]["type"] if run_dir else ", ".join(dict.fromkeys(s["config"]["model"]["type"] for s in states))
@@ -269,7 +286,7 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
     for name, metrics in results.items():
         target = out_dir if len(results) == 1 else out_dir / name
         write_model_report(target, f"{title}: {name}", metrics, *curves[name], records.class_names,
-                           records.multilabel, cfg["eval"]["plots"])
+                           records.multilabel, cfg["eval"]["plots"], raw_probs=raw.get(name))
     write_json(results, out_dir / "metrics.json")
     main = "ensemble_" + cfg["kfold"]["ensemble"] if f"ensemble_{cfg['kfold']['ensemble']}" in results else names[0]
     unit = "records" if records.units is None else "units (records regrouped from their windows)"
@@ -283,15 +300,23 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
         decision = f"fixed threshold {cfg['thresholds']['default']:g}" if records.multilabel else "argmax (untuned)"
     else:
         decision = "argmax" if all(s["thresholds"] is None for s in states) else "thresholds tuned on validation"
+    temperatures = [s.get("temperature") for s in states] if cfg["eval"]["calibration"] == "auto" else []
+    calibrated = ("temperature-scaled on validation" if all(t is not None for t in temperatures) and temperatures
+                  else "partly temperature-scaled" if any(t is not None for t in temperatures) else "uncalibrated")
+    cal = results[main]["calibration"]
+    cal_note = f"probabilities {calibrated}: ECE {cal['ece']:.4f}, Brier {cal['brier']:.4f}"
+    if "uncalibrated" in cal:
+        cal_note += f" (uncalibrated: ECE {cal['uncalibrated']['ece']:.4f}, Brier {cal['uncalibrated']['brier']:.4f})"
     text = (f"{split} split, {results[main]['n']} {unit}, windows combined by {aggregate}, {decision}: "
             f"{run_dir or ', '.join(str(c) for c in ckpts)}\n"
-            f"{ci_note}\n{summary_table(results)}\n\n"
+            f"{ci_note}\n{cal_note}\n{summary_table(results)}\n\n"
             f"per class ({main}):\n{per_class_table(results[main])}\n")
     if is_aami(records.class_names, records.multilabel):
         text += f"\nAAMI beat classes ({main}):\n{aami_table(results[main])}\n"
     (out_dir / "summary.txt").write_text(text)
     write_json({"command": sys.argv, "split": split, "main": main, "models": list(results),
                 "aggregate": aggregate, "thresholds": cfg["eval"]["thresholds"], "bootstrap": resamples,
+                "calibration": calibrated,
                 "eval_overrides": eval_overrides or {}, "checkpoints": [str(p) for p in paths],
                 "device": str(device), "git_commit": git_commit(),
                 "units": len(unit_ids), "wall_s": round(time.time() - started, 2),

@@ -192,20 +192,21 @@ def _item_lengths(windows: EvalWindows) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_many(models: Sequence[torch.nn.Module], windows: EvalWindows, multilabel: bool, device: torch.device,
-                 dtype: torch.dtype | None, batch_size: int, normalizers: Sequence[Normalizer] | None = None,
-                 loss_fn=None, targets: np.ndarray | None = None, num_workers: int = 0, pin_memory: bool = False,
-                 aggregate: str = "mean", log_every_s: float | None = None,
-                 what: str = "inference") -> list[tuple[np.ndarray, float | None]]:
-    """``predict`` for several models in one pass: each batch of windows is read (and copied to the
-    device) once and every model is applied to it. -> one (probabilities, mean loss) per model.
+def window_logits(models: Sequence[torch.nn.Module], windows: EvalWindows, device: torch.device,
+                  dtype: torch.dtype | None, batch_size: int, normalizers: Sequence[Normalizer] | None = None,
+                  loss_fn=None, targets: np.ndarray | None = None, num_workers: int = 0, pin_memory: bool = False,
+                  log_every_s: float | None = None, what: str = "inference"
+                  ) -> tuple[list[np.ndarray], np.ndarray, list[float | None]]:
+    """Every window of ``windows`` through every model, each batch read (and copied to the device)
+    once. -> (float32 logits (windows, C) per model, the record position of each window (windows,),
+    mean window loss per model where ``loss_fn`` and per-record ``targets`` are given).
 
     ``normalizers``: None when ``windows`` already normalises (one model, or a fold-independent
     per-record/none normalisation); otherwise one per model, ``windows`` built with
     ``Normalizer("none")``, and each model's per-lead statistics applied on the device to the real
     samples only (the padding stays zero) — the same inputs as K separate passes.
 
-    Probabilities and losses stay on the device until the end (no host sync per batch)."""
+    Logits and losses stay on the device until the end (no host sync per batch)."""
     if normalizers is not None:
         if len(normalizers) != len(models):
             raise ValueError("predict_many: one normaliser per model")
@@ -244,30 +245,53 @@ def predict_many(models: Sequence[torch.nn.Module], windows: EvalWindows, multil
             if loss_fn is not None:
                 y = y_all[pos.to(device, non_blocking=True)]
                 loss_sums[k] += loss_fn(logits, y).to(wide) * len(pos)
-            chunks[k].append(torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1))
+            chunks[k].append(logits)
         positions.append(pos.numpy())
         progress.step(i, len(pos))
     rows = np.concatenate(positions) if positions else np.zeros(0, np.int64)
-    results = []
-    for k in range(len(models)):
-        window_probs = torch.cat(chunks[k]).cpu().numpy()          # one copy per model, at the end
-        probs = pool_rows(window_probs, rows, len(windows.index), aggregate)
-        loss = loss_sums[k].item() / done if loss_fn is not None and done else None
-        results.append((probs.astype(np.float32), loss))
-    return results
+    logits = [torch.cat(c).cpu().numpy() if c else np.zeros((0, 0), np.float32) for c in chunks]  # one copy each
+    losses = [loss_sums[k].item() / done if loss_fn is not None and done else None for k in range(len(models))]
+    return logits, rows, losses
+
+
+def to_probabilities(logits: np.ndarray, multilabel: bool, temperature: Sequence[float] | None = None) -> np.ndarray:
+    """Window logits -> probabilities: sigmoid per class (multi-label) or softmax, after dividing by the
+    calibration ``temperature`` (one per class, or one; None: uncalibrated)."""
+    z = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+    if temperature is not None:
+        z = z / torch.as_tensor(temperature, dtype=torch.float32)
+    return (torch.sigmoid(z) if multilabel else torch.softmax(z, 1)).numpy()
+
+
+def predict_many(models: Sequence[torch.nn.Module], windows: EvalWindows, multilabel: bool, device: torch.device,
+                 dtype: torch.dtype | None, batch_size: int, normalizers: Sequence[Normalizer] | None = None,
+                 loss_fn=None, targets: np.ndarray | None = None, num_workers: int = 0, pin_memory: bool = False,
+                 aggregate: str = "mean", log_every_s: float | None = None, what: str = "inference",
+                 temperatures: Sequence[Sequence[float] | None] | None = None
+                 ) -> list[tuple[np.ndarray, float | None]]:
+    """``predict`` for several models in one pass (see ``window_logits``), each with its own calibration
+    temperature (``temperatures``: one entry per model, None = uncalibrated). -> one (probabilities,
+    mean loss) per model."""
+    logits, rows, losses = window_logits(models, windows, device, dtype, batch_size, normalizers, loss_fn, targets,
+                                         num_workers, pin_memory, log_every_s, what)
+    temperatures = temperatures or [None] * len(models)
+    return [(pool_rows(to_probabilities(z, multilabel, t), rows, len(windows.index), aggregate).astype(np.float32),
+             loss) for z, t, loss in zip(logits, temperatures, losses)]
 
 
 def predict(model: torch.nn.Module, windows: EvalWindows, multilabel: bool, device: torch.device,
             dtype: torch.dtype | None, batch_size: int, loss_fn=None, targets: np.ndarray | None = None,
             num_workers: int = 0, aggregate: str = "mean", pin_memory: bool = False,
-            log_every_s: float | None = None, what: str = "inference") -> tuple[np.ndarray, float | None]:
+            log_every_s: float | None = None, what: str = "inference",
+            temperature: Sequence[float] | None = None) -> tuple[np.ndarray, float | None]:
     """Probabilities (records, C), each record's windows combined by ``aggregate`` (``mean``, or
     ``max`` as the PTB-XL benchmark does), and the mean window loss when ``loss_fn`` and
     per-record ``targets`` are given. ``num_workers``/``pin_memory``: the DataLoader's, as in
-    training; ``log_every_s``: a progress line at most this often (see ``ProgressLog``)."""
+    training; ``log_every_s``: a progress line at most this often (see ``ProgressLog``);
+    ``temperature``: the calibration (``ecgnet.calibration``), None for raw probabilities."""
     return predict_many([model], windows, multilabel, device, dtype, batch_size, loss_fn=loss_fn, targets=targets,
                         num_workers=num_workers, pin_memory=pin_memory, aggregate=aggregate,
-                        log_every_s=log_every_s, what=what)[0]
+                        log_every_s=log_every_s, what=what, temperatures=[temperature])[0]
 
 
 def to_units(records: RecordSet, index: np.ndarray, probs: np.ndarray, aggregate: str = "mean"):

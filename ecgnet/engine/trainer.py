@@ -30,6 +30,7 @@ import torch.utils.data
 from tqdm import tqdm
 
 from ..build import build, build_augmentations, build_model
+from ..calibration import fit_temperature
 from ..data.base import ECGAdapter, RecordSet
 from ..data.dataset import BucketBatchSampler, EvalWindows, TrainWindows, collate, record_length
 from ..data.samplers import ShardedSampler
@@ -40,7 +41,7 @@ from ..registry import ConfigError, hint
 from ..thresholds import decide, tune_thresholds
 from . import distributed
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .predict import ProgressLog, amp_dtype, autocast, describe_amp, forward, predict, to_units
+from .predict import ProgressLog, amp_dtype, autocast, describe_amp, forward, predict, to_units, window_logits
 from .transfer import freeze, init_from_checkpoint, keep_frozen_norms_in_eval
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ class Trainer:
         self.best = {"value": None, "epoch": None}
         self.history: list[dict] = []
         self.thresholds = None
+        self.temperature = None            # fitted on validation at the end (``calibration``)
         if resuming:
             self._restore(load_checkpoint(out_dir / "last.pt"))
         # what the training step runs: the model, in DDP under torchrun, compiled with train.compile;
@@ -224,7 +226,8 @@ class Trainer:
                               self.cfg["train"]["eval_batch_size"], self.loss_fn,
                               self.data.targets[self.split["val"][self.val_share]],
                               aggregate=self.cfg["eval"]["aggregate"], **self.loader_args,
-                              log_every_s=self._log_every_s(), what=f"fold {self.fold} validation")
+                              log_every_s=self._log_every_s(), what=f"fold {self.fold} validation",
+                              temperature=self.temperature)
         if self.world_size > 1:
             probs, loss = self._gather(probs, loss)
         # scored per evaluation unit, as evaluate does, so thresholds and model selection see the same thing
@@ -284,6 +287,9 @@ class Trainer:
         best = load_checkpoint(self.out_dir / "best.pt")
         self.model.load_state_dict(best["model"])
         records = self.data.records
+        if self.cfg["calibration"] == "temperature":
+            # before the thresholds, which are tuned on the calibrated probabilities
+            self.temperature = self._fit_temperature()
         _, probs, y = self.validate()
         tcfg = self.cfg["thresholds"]
         wants_tuning = records.multilabel or tcfg["single_label"] == "tuned"
@@ -293,15 +299,35 @@ class Trainer:
             self.thresholds = [tcfg["default"]] * records.num_classes
         val, _, _ = self.validate(self.thresholds)
         if self.rank == 0:
-            best.update(thresholds=self.thresholds, val_metrics=val, finished=True)
+            best.update(thresholds=self.thresholds, temperature=self.temperature, val_metrics=val, finished=True)
             save_checkpoint(best, self.out_dir / "best.pt")
             last = self.state_dict()
             last["finished"] = True
             save_checkpoint(last, self.out_dir / "last.pt")
+        if self.temperature is not None:
+            log.info("fold %d: calibration temperature(s) fitted on validation: %s", self.fold,
+                     ", ".join(f"{t:.3g}" for t in self.temperature))
         log.info("fold %d: best %s = %s at epoch %s; with tuned thresholds: %s", self.fold,
                  self.cfg["train"]["monitor"], _fmt(self.best["value"]), self.best["epoch"],
                  ", ".join(f"{k}={_fmt(v)}" for k, v in val.items()))
         return val
+
+    def _fit_temperature(self) -> list[float]:
+        """Temperature scaling on the validation split (``ecgnet.calibration``): every rank computes the
+        window logits of its share, rank 0 fits on all of them and every rank takes its result."""
+        records = self.data.records
+        logits, rows, _ = window_logits([self.model], self.val_windows, self.device, self.dtype,
+                                        self.cfg["train"]["eval_batch_size"], **self.loader_args,
+                                        log_every_s=self._log_every_s(), what=f"fold {self.fold} calibration")
+        logits, rows = logits[0], self.val_share[rows]          # rows: positions in split["val"]
+        if self.world_size > 1:
+            shares = distributed.all_gather_object((logits, rows))
+            logits, rows = np.concatenate([z for z, _ in shares]), np.concatenate([r for _, r in shares])
+        temperature = None
+        if self.rank == 0:
+            temperature = fit_temperature(logits, rows, records.multi_hot(self.split["val"]), records.multilabel,
+                                          self.cfg["eval"]["aggregate"])
+        return distributed.broadcast_object(temperature)
 
     # ---- state ----
     def state_dict(self) -> dict:
@@ -319,7 +345,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "next_epoch": self.epoch, "step": self.step, "best": dict(self.best), "bad_epochs": self.bad_epochs,
             "stopped": self.stopped, "history": self.history, "rng": rng_state(),
-            "thresholds": self.thresholds, "finished": False,
+            "thresholds": self.thresholds, "temperature": self.temperature, "finished": False,
         }
 
     def _restore(self, state: dict) -> None:
