@@ -1,0 +1,244 @@
+"""Using a trained model: temperature scaling, and tools/predict.py on recordings in every format it
+reads (fixtures written with wfdb.wrsamp, scipy.io.savemat + a WFDB header, ecgnet's HDF5 writer,
+csv and numpy), checked against the evaluation pipeline's own probabilities."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+import wfdb
+
+from ecgnet.build import build, resolve_config
+from ecgnet.calibration import brier_score, expected_calibration_error, fit_temperature
+from ecgnet.config import load_config
+from ecgnet.data.base import RecordSet
+from ecgnet.data.pack import write_hdf5
+from ecgnet.data.recordings import read_inputs
+from ecgnet.data.transforms import resample
+from ecgnet.engine.checkpoint import load_checkpoint
+from ecgnet.engine.evaluate import evaluate
+from ecgnet.engine.predictor import Predictor, predict_files
+from ecgnet.engine.run import prepare_data, train
+from ecgnet.registry import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+LEADS = ["I", "II", "V1"]
+SMALL = """
+data: {type: synthetic, num_records: 320, fs: 50, duration_s: 6, leads: [I, II, V1], records_per_patient: 2}
+preprocess: {bandpass_hz: [0.5, 20]}
+model: {type: cnn1d, widths: [16, 32, 64, 64], kernel_size: 7, hidden: 32, dropout: 0.1}
+loss: {type: bce}
+optimizer: {type: radam, lr: 0.003}
+schedule: {type: warmup_cooldown, warmup_epochs: 1, cooldown_epochs: 2}
+input: {window_s: 3, eval_stride_s: 1.5}
+train: {epochs: 8, batch_size: 32, tensorboard: false, early_stop_patience: null}
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    cfg = tmp_path_factory.mktemp("cfg") / "small.yaml"
+    cfg.write_text(SMALL)
+    return train(load_config(cfg), work_dir=str(tmp_path_factory.mktemp("runs") / "small"))
+
+
+@pytest.fixture(scope="module")
+def test_records(run):
+    """The run's test records as the adapter reads them (before preprocessing), with their ids."""
+    state = load_checkpoint(run / "best.pt")
+    adapter = build("data", resolve_config(state["config"]))
+    ids = adapter.records().ids
+    wanted = state["split"]["test"][:6]
+    return {rid: adapter.load(ids.index(rid)) for rid in wanted}
+
+
+# ---- temperature scaling ----
+
+def test_fit_temperature_recovers_the_overconfidence_it_is_given():
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(0, 1.5, (4000, 3))
+    y = (rng.random((4000, 3)) < 1 / (1 + np.exp(-true_logit))).astype(float)
+    t = fit_temperature(3.0 * true_logit, np.arange(4000), y, True, "mean")
+    assert np.allclose(t, 3.0, rtol=0.15)
+    # single-label: one temperature; argmax unchanged by construction
+    z = rng.normal(0, 1, (3000, 4))
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    labels = np.array([rng.choice(4, p=row) for row in p])
+    t = fit_temperature(0.5 * z, np.arange(3000), np.eye(4)[labels], False, "mean")
+    assert len(t) == 1 and t[0] == pytest.approx(0.5, rel=0.15)
+
+
+def test_ece_and_brier_are_zero_for_perfect_forecasts_and_positive_otherwise():
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], float)
+    assert expected_calibration_error(y, y, True) == 0 and brier_score(y, y, True) == 0
+    assert expected_calibration_error(y, np.full_like(y, 0.9), True) > 0.3
+    assert brier_score(np.eye(3), np.full((3, 3), 1 / 3), False) == pytest.approx(2 / 3)
+
+
+def test_training_stores_a_temperature_and_evaluate_reports_calibration_before_and_after(run, tmp_path):
+    state = load_checkpoint(run / "best.pt")
+    assert len(state["temperature"]) == len(state["class_names"]) and all(t > 0 for t in state["temperature"])
+    results = evaluate(run, "val", tmp_path / "val")
+    cal = results["model"]["calibration"]
+    assert cal["temperature"] == state["temperature"]
+    # fitted on this split: the calibrated probabilities have the lower NLL there, and here the lower ECE
+    assert cal["ece"] < cal["uncalibrated"]["ece"]
+    assert cal["brier"] <= cal["uncalibrated"]["brier"] + 1e-9
+    assert (tmp_path / "val" / "reliability.png").stat().st_size > 0
+    assert "uncalibrated: ECE" in (tmp_path / "val" / "summary.txt").read_text()
+    # the ablation: raw probabilities
+    raw = evaluate(run, "val", tmp_path / "raw", eval_overrides={"calibration": "none"})
+    assert raw["model"]["calibration"]["ece"] == pytest.approx(cal["uncalibrated"]["ece"])
+
+
+def test_calibration_none_trains_without_a_temperature(tmp_path):
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(SMALL)
+    out = train(load_config(cfg, ["calibration=none", "train.epochs=3"]), work_dir=str(tmp_path / "run"))
+    assert load_checkpoint(out / "best.pt")["temperature"] is None
+
+
+# ---- predict ----
+
+def write_wfdb(folder: Path, name: str, x: np.ndarray, fs: float, leads=LEADS) -> Path:
+    wfdb.wrsamp(name, fs=fs, units=["mV"] * len(leads), sig_name=list(leads), p_signal=x.T.astype(np.float64),
+                fmt=["32"] * len(leads), adc_gain=[1e5] * len(leads), baseline=[0] * len(leads), write_dir=str(folder))
+    return folder / f"{name}.hea"
+
+
+def test_predict_matches_the_evaluation_pipeline(run, test_records, tmp_path):
+    """A test record written as WFDB and read back by predict gets the probabilities evaluate computes."""
+    for rid, x in test_records.items():
+        write_wfdb(tmp_path, rid, x, 50.0)
+    results, errors = predict_files(run, tmp_path, tmp_path / "out.json", progress=False)
+    assert not errors and len(results) == len(test_records)
+    # the evaluation pipeline on the same records: prepare_data + the checkpoint, as evaluate does
+    state = load_checkpoint(run / "best.pt")
+    data = prepare_data(resolve_config(state["config"]))
+    predictor = Predictor(run)
+    index = [data.records.ids.index(rid) for rid in test_records]
+    expected = predictor.predict_signals([data.signals[i] for i in index])
+    by_id = {r["record"]: r for r in results}
+    for rid, want in zip(test_records, expected):
+        got = by_id[rid]
+        assert got["windows"] == want["windows"] == 3            # 6 s, 3 s windows every 1.5 s
+        for c in predictor.class_names:
+            assert got["probabilities"][c] == pytest.approx(want["probabilities"][c], abs=2e-3)
+        assert got["labels"] == want["labels"]
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert saved["model"]["classes"] == predictor.class_names and saved["model"]["calibrated"]
+    assert saved["records"][0]["thresholds"] == pytest.approx(state["thresholds"])
+
+
+def test_other_rates_are_resampled_and_leads_found_by_name_in_any_order(run, test_records, tmp_path):
+    rid, x = next(iter(test_records.items()))
+    write_wfdb(tmp_path, "same", x, 50.0)
+    write_wfdb(tmp_path, "fast", resample(x, 50, 250), 250.0)                   # 5x the model's rate
+    write_wfdb(tmp_path, "shuffled", x[[2, 0, 1]], 50.0, leads=["v1", "I", "ii"])
+    results, _ = predict_files(run, tmp_path, progress=False)
+    by_id = {r["record"]: r["probabilities"] for r in results}
+    for other in ("fast", "shuffled"):
+        for c, p in by_id["same"].items():
+            assert by_id[other][c] == pytest.approx(p, abs=0.03 if other == "fast" else 1e-6), (other, c)
+
+
+def test_every_input_format(run, test_records, tmp_path):
+    (rid, x), (rid2, x2) = list(test_records.items())[:2]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # CinC style: MATLAB v4 .mat with a WFDB header naming it (gain 1000/mV, int16)
+    val = np.round(x * 1000).astype(np.int16)
+    scipy.io.savemat(folder / "cinc.mat", {"val": val}, format="4")
+    (folder / "cinc.hea").write_text(f"cinc 3 50 {val.shape[1]}\n" + "".join(
+        f"cinc.mat 16+24 1000/mV 16 0 {val[k, 0]} 0 0 {lead}\n" for k, lead in enumerate(LEADS)))
+    with open(folder / "table.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(LEADS)
+        w.writerows(x.T.tolist())
+    np.save(folder / "one.npy", x)
+    np.save(folder / "many.npy", np.stack([x, x2]))
+    np.savez(folder / "named.npz", signal=x[[1, 0, 2]], fs=50.0, leads=np.array(["II", "I", "V1"]))
+    records = RecordSet(ids=[rid, rid2], groups=["p0", "p1"], labels=np.zeros((2, 2), np.float32),
+                        class_names=["a", "b"], fs=50.0, leads=LEADS)
+    write_hdf5(folder / "packed.h5", records, [(0, x), (1, x2)], fs=50.0)
+    results, errors = predict_files(run, folder, folder.parent / "out.csv", fs=50.0, progress=False)
+    assert not errors
+    by_id = {r["record"]: r["probabilities"] for r in results}
+    assert set(by_id) == {"cinc", "table", "one", "many#0", "many#1", "named", rid, rid2}
+    reference = by_id["one"]
+    for name in ("cinc", "table", "many#0", "named", rid):
+        for c, p in reference.items():
+            assert by_id[name][c] == pytest.approx(p, abs=0.01), (name, c)
+    for c, p in by_id["many#1"].items():
+        assert by_id[rid2][c] == pytest.approx(p, abs=1e-5)
+    rows = list(csv.DictReader(open(folder.parent / "out.csv")))
+    assert len(rows) == 8 and all(r["error"] == "" for r in rows) and "threshold_NORM" in rows[0]
+
+
+def test_bad_files_are_reported_and_skipped_the_rest_written(run, test_records, tmp_path):
+    rid, x = next(iter(test_records.items()))
+    write_wfdb(tmp_path, "good", x, 50.0)
+    write_wfdb(tmp_path, "two_leads", x[:2], 50.0, leads=["I", "II"])             # no V1
+    (tmp_path / "garbage.hea").write_text("not a header\n")
+    (tmp_path / "lonely.mat").write_bytes(b"\0" * 10)
+    np.save(tmp_path / "flat.npy", np.zeros(10))                                  # 1-D
+    results, errors = predict_files(run, tmp_path, tmp_path / "out.json", fs=50.0, progress=False)
+    assert [r["record"] for r in results] == ["good"]
+    reasons = {Path(e.source).name: e.reason for e in errors}
+    assert set(reasons) == {"two_leads.hea", "garbage.hea", "lonely.mat", "flat.npy"}
+    assert "has no lead V1" in reasons["two_leads.hea"]
+    assert "no lonely.hea beside it" in reasons["lonely.mat"]
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert len(saved["records"]) == 1 and len(saved["errors"]) == 4
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, "tools/predict.py", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+
+
+def test_cli_one_line_errors_and_a_table(run, test_records, tmp_path):
+    rid, x = next(iter(test_records.items()))
+    write_wfdb(tmp_path, "two_leads", x[:2], 50.0, leads=["I", "II"])
+    result = run_tool("--ckpt", str(run), "--input", str(tmp_path / "two_leads.hea"))
+    assert result.returncode == 2 and "has no lead V1" in result.stderr and "Traceback" not in result.stderr
+    with open(tmp_path / "t.csv", "w") as f:
+        f.write("I,II,V1\n" + "\n".join(",".join(map(str, row)) for row in x.T))
+    result = run_tool("--ckpt", str(run), "--input", str(tmp_path / "t.csv"))
+    assert result.returncode == 2 and "pass --fs" in result.stderr
+    result = run_tool("--ckpt", str(run), "--input", str(tmp_path / "t.csv"), "--fs", "50", "--per-window",
+                      "--out", str(tmp_path / "p.json"))
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "p.json").read_text())["records"][0]
+    assert [w["start_s"] for w in record["per_window"]] == [0.0, 1.5, 3.0]
+    result = run_tool("--ckpt", str(run), "--input", str(tmp_path / "t.csv"), "--fs", "50")
+    assert result.returncode == 0 and "NORM" in result.stdout.splitlines()[0] and "t " in result.stdout
+
+
+def test_kfold_run_predicts_as_its_ensemble(tmp_path, test_records):
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(SMALL)
+    kfold = train(load_config(cfg, ["train.epochs=3"]), work_dir=str(tmp_path / "kfold"), folds=2)
+    rid, x = next(iter(test_records.items()))
+    write_wfdb(tmp_path, "r", x, 50.0)
+    predictor = Predictor(kfold)
+    assert len(predictor.models) == 2 and predictor.describe()["ensemble"] == "vote"
+    signal = predictor.prepare(next(read_inputs([tmp_path / "r.hea"])))
+    ensemble = predictor.predict_signals([signal])[0]
+    folds = [Predictor(kfold / f"fold{k}").predict_signals([signal])[0] for k in range(2)]
+    for c in predictor.class_names:
+        assert ensemble["probabilities"][c] == pytest.approx(np.mean([f["probabilities"][c] for f in folds]),
+                                                            abs=1e-6)
+
+
+def test_models_that_need_more_than_a_recording_are_refused(run, tmp_path):
+    state = load_checkpoint(run / "best.pt")
+    state["feature_names"] = ["pre_rr"]
+    torch.save(state, tmp_path / "features.pt")
+    with pytest.raises(DataError, match="per-record features"):
+        Predictor(tmp_path / "features.pt")
