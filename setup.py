@@ -4,6 +4,8 @@ from setuptools import find_packages, setup
 
 requirements = [line.split("#")[0].strip() for line in Path(__file__).with_name("requirements.txt").read_text().splitlines()]
 
+EXPORT = ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"]
+
 setup(
     name="ecgnet",
     version="0.1.0",
@@ -14,7 +16,9 @@ setup(
     packages=find_packages(include=["ecgnet", "ecgnet.*"]),
     package_data={"ecgnet": ["data/resources/*"]},   # split lists and scoring tables shipped with adapters
     install_requires=[r for r in requirements if r],
-    extras_require={"test": ["pytest>=7"],
+    extras_require={"test": ["pytest>=7", *EXPORT],
+                    # tools/export.py --format onnx, and the parity check against onnxruntime
+                    "export": EXPORT,
                     # tools/benchmark.py row 4 (ecgnet vs torch_ecg); never imported by the package itself
                     "bench": ["torch-ecg==0.0.33"]},
     entry_points={"console_scripts": [
@@ -22,5 +26,6 @@ setup(
         "ecgnet-evaluate=ecgnet.cli:evaluate_main",
         "ecgnet-compare=ecgnet.cli:compare_main",
         "ecgnet-predict=ecgnet.cli:predict_main",
+        "ecgnet-export=ecgnet.cli:export_main",
     ]},
 )

@@ -121,6 +121,8 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leads", help="comma-separated lead names of NumPy inputs (default: the model's, in order)")
     parser.add_argument("--per-window", action="store_true", help="also each window's probabilities (JSON output)")
     parser.add_argument("--device", default="auto", help="auto (the checkpoint's train.device), cpu or cuda[:N]")
+    parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
+                        help="autocast (default: the checkpoint's train.amp); off: full fp32 precision")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
@@ -132,9 +134,32 @@ def predict_main(argv: list[str] | None = None) -> int:
         if args.per_window and args.out and args.out.lower().endswith(".csv"):
             raise ConfigError("--per-window: per-window probabilities go to a .json --out, not a table")
         leads = [n.strip() for n in args.leads.split(",")] if args.leads else None
-        results, _ = predict_files(args.ckpt, args.input, args.out, args.fs, leads, args.per_window, args.device)
+        results, _ = predict_files(args.ckpt, args.input, args.out, args.fs, leads, args.per_window, args.device,
+                                   amp=args.amp)
         if not args.out:
             print(format_table(results, list(results[0]["probabilities"])))
+    return guarded(run)
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export a trained model (a k-fold run: one graph averaging its "
+                                                 "folds) to ONNX or TorchScript, windows in mV -> calibrated "
+                                                 "probabilities, with class names, rate, leads, window and "
+                                                 "thresholds embedded as metadata.")
+    parser.add_argument("--ckpt", required=True, help="a .pt file, a run directory or a k-fold run directory")
+    parser.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    parser.add_argument("--out", help="output file (default: model.onnx / model.torchscript.pt in the run directory)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    def run():
+        from .export import export
+        path, meta = export(args.ckpt, args.format, args.out)
+        length = "any length" if meta["dynamic_length"] else f"windows of exactly {meta['window_samples']} samples"
+        print(f"{path}: {args.format}, signal (batch, {len(meta['leads'])} leads, {length}) at {meta['fs']:g} Hz "
+              f"-> probabilities of {len(meta['classes'])} classes ({', '.join(meta['classes'][:8])}"
+              f"{', ...' if len(meta['classes']) > 8 else ''}); metadata key 'ecgnet'")
     return guarded(run)
 
 

@@ -44,7 +44,8 @@ CHUNK_RECORDS = 64
 class Predictor:
     """The models of ``ckpt`` and everything needed to feed them a new recording."""
 
-    def __init__(self, ckpt: str | Path, device: str = "auto", batch_size: Optional[int] = None):
+    def __init__(self, ckpt: str | Path, device: str = "auto", batch_size: Optional[int] = None,
+                 amp: Optional[str] = None):
         from .evaluate import find_checkpoints     # evaluate imports this module's neighbours
         self.run_dir, paths = find_checkpoints(ckpt)
         self.states = [load_checkpoint(p) for p in paths]
@@ -70,7 +71,7 @@ class Predictor:
         self.aggregate = self.cfg["eval"]["aggregate"]
         self.ensemble = self.cfg["kfold"]["ensemble"] if len(self.states) > 1 else None
         self.device = resolve_device(self.cfg["train"]["device"] if device == "auto" else device)
-        self.dtype = amp_dtype(self.cfg["train"]["amp"], self.device)
+        self.dtype = amp_dtype(amp or self.cfg["train"]["amp"], self.device)   # default: as in training
         self.batch_size = batch_size or self.cfg["train"]["eval_batch_size"]
         self.models = []
         for s in self.states:
@@ -205,12 +206,13 @@ def write_predictions(path: Path, model: dict, results: list[dict], errors: list
 
 def predict_files(ckpt: str | Path, inputs: str | Path, out: Optional[str | Path] = None,
                   fs: Optional[float] = None, leads: Optional[Sequence[str]] = None, per_window: bool = False,
-                  device: str = "auto", progress: Optional[bool] = None) -> tuple[list[dict], list[BadFile]]:
+                  device: str = "auto", progress: Optional[bool] = None, amp: Optional[str] = None
+                  ) -> tuple[list[dict], list[BadFile]]:
     """``tools/predict.py``: every recording of ``inputs`` (a file or a folder) through the model(s)
     of ``ckpt``; writes ``out`` (.json or .csv; default: a table on stdout). A file that cannot be
     read or lacks a lead is reported and skipped; if nothing could be scored, a DataError says why."""
     started = time.time()
-    predictor = Predictor(ckpt, device)
+    predictor = Predictor(ckpt, device, amp=amp)
     paths = find_inputs(inputs)
     show = sys.stderr.isatty() if progress is None else progress
     results, errors = [], []

@@ -1,0 +1,209 @@
+"""Export a trained model to ONNX or TorchScript: ``tools/export.py``.
+
+The exported graph takes one batch of windows, ``signal``: float32 (batch, leads, samples) in mV at the
+model's rate, already resampled and band-passed as its ``preprocess`` section says, and returns
+``probabilities`` (batch, classes): the checkpoint's normalisation, the network, the calibration
+temperature and the sigmoid (multi-label) or softmax, all inside; a k-fold run becomes one graph that
+averages its folds' probabilities. The batch is always dynamic, the length too where the network's
+shape arithmetic allows (``metadata["dynamic_length"]``; otherwise windows of exactly
+``window_samples``). What stays outside (reading, resampling, band-pass, windows, combining a
+record's windows, thresholds) is described in the metadata embedded in the file: class names, rate,
+leads, window and stride, aggregation, thresholds, temperatures, normalisation, preprocessing.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .build import build_model, resolve_config
+from .registry import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript")
+METADATA_KEY = "ecgnet"                 # ONNX metadata_props key / TorchScript extra file name (JSON)
+OPSET = 18
+MIN_SAMPLES = 64                        # shortest window the dynamic-length export promises to take
+
+
+class ProbabilityModel(nn.Module):
+    """Windows in mV -> calibrated probabilities, for one model or the mean of several (k folds)."""
+
+    def __init__(self, models: Sequence[nn.Module], normalizers: Sequence[dict], temperatures: Sequence,
+                 multilabel: bool):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+        self.multilabel = multilabel
+        self.modes = [n["mode"] for n in normalizers]
+        for k, (n, t) in enumerate(zip(normalizers, temperatures)):
+            mean = torch.zeros(1) if n["mean"] is None else torch.tensor(n["mean"], dtype=torch.float32)[:, None]
+            std = torch.ones(1) if n["std"] is None else torch.tensor(n["std"], dtype=torch.float32)[:, None]
+            self.register_buffer(f"mean{k}", mean)
+            self.register_buffer(f"std{k}", std)
+            self.register_buffer(f"inv_temperature{k}", torch.ones(1) if t is None
+                                 else 1.0 / torch.tensor(t, dtype=torch.float32))
+
+    def forward(self, signal: torch.Tensor) -> torch.Tensor:
+        out = []
+        for k, model in enumerate(self.models):
+            x = signal
+            if self.modes[k] == "per_lead":
+                x = (x - getattr(self, f"mean{k}")) / getattr(self, f"std{k}")
+            elif self.modes[k] == "per_record":     # as Normalizer: population std over the window, + 1e-6
+                mean = x.mean(dim=-1, keepdim=True)
+                x = (x - mean) / (((x - mean) ** 2).mean(dim=-1, keepdim=True).sqrt() + 1e-6)
+            z = model(x).float() * getattr(self, f"inv_temperature{k}")
+            out.append(torch.sigmoid(z) if self.multilabel else torch.softmax(z, dim=1))
+        return out[0] if len(out) == 1 else torch.stack(out).mean(0)
+
+
+def load_for_export(ckpt: str | Path) -> tuple[ProbabilityModel, dict]:
+    """The checkpoint(s) of ``ckpt`` as one ``ProbabilityModel`` (eval mode, CPU) and the metadata."""
+    from .engine.checkpoint import load_checkpoint
+    from .engine.evaluate import find_checkpoints
+    run_dir, paths = find_checkpoints(ckpt)
+    states = [load_checkpoint(p) for p in paths]
+    for p, s in zip(paths, states):
+        if not s.get("finished"):
+            raise DataError(f"{p}: training did not finish (no tuned thresholds); finish it with "
+                            f"tools/train.py --resume {p.parent}")
+    first = states[0]
+    if first.get("feature_names"):
+        raise DataError(f"{paths[0]}: this model also takes per-record features ({', '.join(first['feature_names'])}) "
+                        "beside the signal; export supports signal-only models")
+    cfg = resolve_config(first["config"])
+    models = []
+    for s in states:
+        model = build_model(s["config"], len(s["leads"]), len(s["class_names"]), None)
+        model.load_state_dict(s["model"])
+        models.append(model.eval())
+    wrapped = ProbabilityModel(models, [s["normalizer"] for s in states], [s.get("temperature") for s in states],
+                               bool(first["multilabel"])).eval()
+    thresholds = None if any(s["thresholds"] is None for s in states) else \
+        np.mean([s["thresholds"] for s in states], 0).tolist()
+    fs = float(first["fs"])
+    meta = {
+        "format": "ecgnet-export", "version": 1, "run": str(run_dir), "checkpoints": [str(p) for p in paths],
+        "name": cfg.get("name"), "model": cfg["model"]["type"], "folds": len(states),
+        "classes": list(first["class_names"]), "multilabel": bool(first["multilabel"]),
+        "decision": "p >= threshold per class" if first["multilabel"] else
+                    ("argmax" if thresholds is None else "argmax of p / threshold"),
+        "thresholds": thresholds, "fs": fs, "leads": list(first["leads"]),
+        "window_samples": int(first["window"]), "stride_samples": int(first["stride"]),
+        "window_s": int(first["window"]) / fs, "stride_s": int(first["stride"]) / fs,
+        "full_length": bool(first.get("full_length")), "aggregate": cfg["eval"]["aggregate"],
+        "temperature": [s.get("temperature") for s in states],
+        "normalization": first["normalizer"]["mode"] + " (inside the graph)",
+        "preprocess": {k: cfg["preprocess"][k] for k in ("bandpass_hz", "filter_order")},
+        "input": "signal: float32 (batch, leads, samples) in mV at fs, band-passed per preprocess",
+        "output": "probabilities: float32 (batch, classes), calibrated",
+    }
+    return wrapped, meta
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _example(meta: dict, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, len(meta["leads"]), meta["window_samples"], generator=torch.Generator().manual_seed(0))
+
+
+def _export_onnx(model: nn.Module, meta: dict, path: Path) -> bool:
+    """-> whether the length is dynamic. torch.export refuses a dynamic length when the network's
+    shape arithmetic needs a fixed one (e.g. MaxPool1d(ceil_mode=True)); then the window is fixed."""
+    import onnx
+    x = _example(meta)
+    batch = torch.export.Dim("batch", min=1)
+    samples = torch.export.Dim("samples", min=MIN_SAMPLES)
+    program = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for shapes in ({"signal": {0: batch, 2: samples}}, {"signal": {0: batch}}):
+            try:
+                program = torch.onnx.export(model, (x,), None, input_names=["signal"],
+                                            output_names=["probabilities"], dynamic_shapes=shapes, dynamo=True,
+                                            opset_version=OPSET, verbose=False)
+                break
+            except Exception as err:        # torch.export's constraint violation, whatever its class
+                if 2 not in shapes["signal"]:
+                    raise
+                log.info("export: a fixed window of %d samples (the network does not allow a dynamic length: %s)",
+                         meta["window_samples"], str(err).splitlines()[0][:200])
+    proto = program.model_proto
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    dynamic_length = bool(dims[2].dim_param)
+    meta = {**meta, "dynamic_length": dynamic_length}
+    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
+    _atomic(path, lambda tmp: onnx.save(proto, tmp))
+    return dynamic_length
+
+
+def _export_torchscript(model: nn.Module, meta: dict, path: Path) -> bool:
+    """Traced; -> whether the length is dynamic (the trace gives the same probabilities at another length)."""
+    x = _example(meta)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")       # TracerWarnings, the deprecation of TorchScript itself
+        traced = torch.jit.trace(model, (x,), check_trace=False)
+        other = _example({**meta, "window_samples": meta["window_samples"] + 37}, batch=3)
+        try:
+            dynamic_length = bool(torch.allclose(traced(other), model(other), atol=1e-5, rtol=0))
+        except RuntimeError:
+            dynamic_length = False
+    meta = {**meta, "dynamic_length": dynamic_length}
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer, _extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})
+    _atomic(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+    return dynamic_length
+
+
+def export(ckpt: str | Path, fmt: str, out: Optional[str | Path] = None) -> tuple[Path, dict]:
+    """Write ``ckpt`` as ``fmt`` (onnx or torchscript) to ``out`` (default: next to the checkpoint,
+    ``model.onnx`` / ``model.torchscript.pt``). -> (path, metadata)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt}: choose {' or '.join(FORMATS)}")
+    model, meta = load_for_export(ckpt)
+    run_dir = Path(meta["run"])
+    path = Path(out) if out else run_dir / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise ConfigError("--format onnx: needs the onnx and onnxscript packages; pip install -e '.[export]'") \
+                from None
+        dynamic = _export_onnx(model, meta, path)
+    else:
+        dynamic = _export_torchscript(model, meta, path)
+    meta["dynamic_length"] = dynamic
+    return path, meta
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The metadata embedded by ``export`` in an .onnx or TorchScript file."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return json.loads(props[METADATA_KEY])
+    files = {f"{METADATA_KEY}.json": ""}
+    torch.jit.load(str(path), _extra_files=files)
+    return json.loads(files[f"{METADATA_KEY}.json"])
