@@ -90,8 +90,12 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", required=True, nargs="+",
                         help="a .pt file, a run directory or a k-fold run directory; several: their models are "
                              "scored as one ensemble (needs --out)")
-    parser.add_argument("--config", help="read the data with this config instead of the checkpoint's")
-    parser.add_argument("--split", choices=["test", "val"], help="default: the config's eval.split (test)")
+    parser.add_argument("--config", help="read the data with this config instead of the checkpoint's; another "
+                                         "dataset's config scores the model on it (external evaluation; class "
+                                         "names matched or mapped by its eval.class_map)")
+    parser.add_argument("--split", choices=["test", "val", "all"],
+                        help="default: the config's eval.split (test); with --config naming another dataset (an "
+                             "external evaluation): all (default) or test")
     parser.add_argument("--out", help="report directory (default RUN_DIR/eval/SPLIT)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="eval.KEY=VALUE",
                         help="evaluation settings only, e.g. eval.aggregate=max eval.bootstrap=0")

@@ -117,6 +117,9 @@ class EvalCfg:
     # auto: the temperature fitted on validation where the checkpoint has one (``calibration``);
     # none: the network's raw probabilities, for the ablation
     calibration: Literal["auto", "none"] = "auto"
+    # external evaluation (evaluate --config OTHER.yaml): {model class: other dataset's class or [classes]};
+    # null: classes of the same name
+    class_map: Optional[dict] = None
 
 
 @dataclass

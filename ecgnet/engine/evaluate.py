@@ -181,6 +181,13 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
         _check_same_data(states, paths)
     trained = _checked_config(states[0]["config"], paths[0])
     cfg = trained
+    if config and run_dir is not None:
+        from .external import evaluate_external, is_external
+        if is_external(trained, config):
+            return evaluate_external(ckpt, config, split or "all", out, eval_overrides)
+    if split == "all":
+        raise ConfigError("--split all: scores every record of a dataset the model was not trained on; give that "
+                          "dataset's config with --config (the model's own data has its training records)")
     if config:
         cfg = resolve_config(load_config(config))
         _check_same_input(cfg, trained, config, paths[0])

@@ -102,11 +102,11 @@ class Predictor:
         x = select_leads(rec, self.leads)
         return preprocess(x, rec.fs, {**self.cfg["preprocess"], "fs": self.fs})
 
-    def predict_signals(self, signals: Sequence[np.ndarray], per_window: bool = False) -> list[dict]:
-        """Preprocessed signals -> one result per record: probabilities, decisions, window count
-        (and per-window probabilities with ``per_window``)."""
+    def score_signals(self, signals: Sequence[np.ndarray]):
+        """Preprocessed signals (leads, samples) at ``fs`` -> (probabilities (N, C), decisions (N, C) 0/1,
+        windows as (record position, start sample), each window's probabilities (models averaged))."""
         index = np.arange(len(signals))
-        probs, window_probs, items = [], [], None
+        probs, window_probs, items = [], [], []
         for model, normalizer, temperature in zip(self.models, self.normalizers, self.temperatures):
             windows = EvalWindows(signals, index, self.window, self.stride, normalizer, pad=not self.full_length)
             logits, rows, _ = window_logits([model], windows, self.device, self.dtype, self.batch_size)
@@ -121,13 +121,18 @@ class Predictor:
             if self.ensemble == "vote":
                 decisions = majority_vote([decide(p, t, self.multilabel) for p, t in zip(probs, self.thresholds)],
                                           probs, self.multilabel, self.thresholds)
+        return final, decisions, items, np.mean(window_probs, 0)
+
+    def predict_signals(self, signals: Sequence[np.ndarray], per_window: bool = False) -> list[dict]:
+        """``score_signals`` as one dict per record: probabilities and labels by class name, window
+        count (and each window's start and probabilities with ``per_window``)."""
+        final, decisions, items, window_probs = self.score_signals(signals)
         counts = np.bincount([pos for pos, _ in items], minlength=len(signals))
         out = [{"probabilities": dict(zip(self.class_names, map(float, final[i]))),
                 "labels": [c for c, d in zip(self.class_names, decisions[i]) if d],
                 "windows": int(counts[i])} for i in range(len(signals))]
         if per_window:
-            mean_windows = np.mean(window_probs, 0)
-            for (pos, start), p in zip(items, mean_windows):
+            for (pos, start), p in zip(items, window_probs):
                 out[pos].setdefault("per_window", []).append(
                     {"start_s": start / self.fs, "probabilities": dict(zip(self.class_names, map(float, p)))})
             for row in out:
