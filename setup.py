@@ -27,5 +27,6 @@ setup(
         "ecgnet-compare=ecgnet.cli:compare_main",
         "ecgnet-predict=ecgnet.cli:predict_main",
         "ecgnet-export=ecgnet.cli:export_main",
+        "ecgnet-explain=ecgnet.cli:explain_main",
     ]},
 )

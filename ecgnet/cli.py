@@ -167,6 +167,31 @@ def export_main(argv: list[str] | None = None) -> int:
     return guarded(run)
 
 
+def explain_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Attribute a class's probability over each lead and time of a "
+                                                 "recording (Captum): a PNG over the ECG and the arrays (.npz).")
+    parser.add_argument("--ckpt", required=True, help="a .pt file, a run directory or a k-fold run directory")
+    parser.add_argument("--input", required=True, help="a recording (any format predict reads) or a folder")
+    parser.add_argument("--class", dest="class_name", help="the class to explain (default: the most probable)")
+    parser.add_argument("--method", default="integrated_gradients",
+                        choices=["integrated_gradients", "gradcam", "attention"])
+    parser.add_argument("--steps", type=int, default=32, help="integrated gradients: steps from the baseline")
+    parser.add_argument("--fs", type=float, help="sampling rate of CSV and NumPy inputs")
+    parser.add_argument("--out", help="folder for the PNGs and arrays (default: RUN/explain)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    def run():
+        from .explain import explain_file
+        if args.steps < 2:
+            raise ConfigError(f"--steps {args.steps}: give at least 2")
+        for e, png, npz in explain_file(args.ckpt, args.input, args.class_name, args.method, args.out, args.fs,
+                                        args.steps):
+            print(f"{e.record}: p({e.class_name}) = {e.probability:.3f}, {e.method} -> {png} (+ {npz.name})")
+    return guarded(run)
+
+
 def compare_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compare evaluated runs: one table per dataset with the chosen "
                                                  "metrics, their 95 % CIs and the config keys that differ.")

@@ -21,12 +21,10 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from .build import build_model, resolve_config
-from .registry import ConfigError, DataError
+from .registry import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -53,62 +51,48 @@ class ProbabilityModel(nn.Module):
             self.register_buffer(f"inv_temperature{k}", torch.ones(1) if t is None
                                  else 1.0 / torch.tensor(t, dtype=torch.float32))
 
+    def normalize(self, signal: torch.Tensor, k: int) -> torch.Tensor:
+        """Model ``k``'s input normalisation, as ``Normalizer`` does it."""
+        if self.modes[k] == "per_lead":
+            return (signal - getattr(self, f"mean{k}")) / getattr(self, f"std{k}")
+        if self.modes[k] == "per_record":       # population std over the window, + 1e-6
+            mean = signal.mean(dim=-1, keepdim=True)
+            return (signal - mean) / (((signal - mean) ** 2).mean(dim=-1, keepdim=True).sqrt() + 1e-6)
+        return signal
+
+    def single(self, signal: torch.Tensor, k: int) -> torch.Tensor:
+        """Model ``k``'s calibrated probabilities."""
+        z = self.models[k](self.normalize(signal, k)).float() * getattr(self, f"inv_temperature{k}")
+        return torch.sigmoid(z) if self.multilabel else torch.softmax(z, dim=1)
+
     def forward(self, signal: torch.Tensor) -> torch.Tensor:
-        out = []
-        for k, model in enumerate(self.models):
-            x = signal
-            if self.modes[k] == "per_lead":
-                x = (x - getattr(self, f"mean{k}")) / getattr(self, f"std{k}")
-            elif self.modes[k] == "per_record":     # as Normalizer: population std over the window, + 1e-6
-                mean = x.mean(dim=-1, keepdim=True)
-                x = (x - mean) / (((x - mean) ** 2).mean(dim=-1, keepdim=True).sqrt() + 1e-6)
-            z = model(x).float() * getattr(self, f"inv_temperature{k}")
-            out.append(torch.sigmoid(z) if self.multilabel else torch.softmax(z, dim=1))
+        out = [self.single(signal, k) for k in range(len(self.models))]
         return out[0] if len(out) == 1 else torch.stack(out).mean(0)
 
 
 def load_for_export(ckpt: str | Path) -> tuple[ProbabilityModel, dict]:
     """The checkpoint(s) of ``ckpt`` as one ``ProbabilityModel`` (eval mode, CPU) and the metadata."""
-    from .engine.checkpoint import load_checkpoint
-    from .engine.evaluate import find_checkpoints
-    run_dir, paths = find_checkpoints(ckpt)
-    states = [load_checkpoint(p) for p in paths]
-    for p, s in zip(paths, states):
-        if not s.get("finished"):
-            raise DataError(f"{p}: training did not finish (no tuned thresholds); finish it with "
-                            f"tools/train.py --resume {p.parent}")
-    first = states[0]
-    if first.get("feature_names"):
-        raise DataError(f"{paths[0]}: this model also takes per-record features ({', '.join(first['feature_names'])}) "
-                        "beside the signal; export supports signal-only models")
-    cfg = resolve_config(first["config"])
-    models = []
-    for s in states:
-        model = build_model(s["config"], len(s["leads"]), len(s["class_names"]), None)
-        model.load_state_dict(s["model"])
-        models.append(model.eval())
-    wrapped = ProbabilityModel(models, [s["normalizer"] for s in states], [s.get("temperature") for s in states],
-                               bool(first["multilabel"])).eval()
-    thresholds = None if any(s["thresholds"] is None for s in states) else \
-        np.mean([s["thresholds"] for s in states], 0).tolist()
-    fs = float(first["fs"])
+    from .engine.predictor import Predictor
+    predictor = Predictor(ckpt, device="cpu")
+    described = predictor.describe()
+    cfg, fs = predictor.cfg, predictor.fs
     meta = {
-        "format": "ecgnet-export", "version": 1, "run": str(run_dir), "checkpoints": [str(p) for p in paths],
-        "name": cfg.get("name"), "model": cfg["model"]["type"], "folds": len(states),
-        "classes": list(first["class_names"]), "multilabel": bool(first["multilabel"]),
-        "decision": "p >= threshold per class" if first["multilabel"] else
-                    ("argmax" if thresholds is None else "argmax of p / threshold"),
-        "thresholds": thresholds, "fs": fs, "leads": list(first["leads"]),
-        "window_samples": int(first["window"]), "stride_samples": int(first["stride"]),
-        "window_s": int(first["window"]) / fs, "stride_s": int(first["stride"]) / fs,
-        "full_length": bool(first.get("full_length")), "aggregate": cfg["eval"]["aggregate"],
-        "temperature": [s.get("temperature") for s in states],
-        "normalization": first["normalizer"]["mode"] + " (inside the graph)",
+        "format": "ecgnet-export", "version": 1, "run": described["run"], "checkpoints": described["checkpoints"],
+        "name": cfg.get("name"), "model": cfg["model"]["type"], "folds": len(predictor.models),
+        "classes": predictor.class_names, "multilabel": predictor.multilabel,
+        "decision": "p >= threshold per class" if predictor.multilabel else
+                    ("argmax" if described["thresholds"] is None else "argmax of p / threshold"),
+        "thresholds": described["thresholds"], "fs": fs, "leads": predictor.leads,
+        "window_samples": predictor.window, "stride_samples": predictor.stride,
+        "window_s": predictor.window / fs, "stride_s": predictor.stride / fs,
+        "full_length": predictor.full_length, "aggregate": predictor.aggregate,
+        "temperature": predictor.temperatures,
+        "normalization": predictor.normalizers[0].mode + " (inside the graph)",
         "preprocess": {k: cfg["preprocess"][k] for k in ("bandpass_hz", "filter_order")},
         "input": "signal: float32 (batch, leads, samples) in mV at fs, band-passed per preprocess",
         "output": "probabilities: float32 (batch, classes), calibrated",
     }
-    return wrapped, meta
+    return predictor.probability_model(), meta
 
 
 def _atomic(path: Path, write) -> None:

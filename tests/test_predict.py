@@ -18,12 +18,13 @@ from ecgnet.calibration import brier_score, expected_calibration_error, fit_temp
 from ecgnet.config import load_config
 from ecgnet.data.base import RecordSet
 from ecgnet.data.pack import write_hdf5
-from ecgnet.data.recordings import read_inputs
+from ecgnet.data.recordings import Recording, read_inputs
 from ecgnet.data.transforms import resample
 from ecgnet.engine.checkpoint import load_checkpoint
 from ecgnet.engine.evaluate import evaluate
 from ecgnet.engine.predictor import Predictor, predict_files
 from ecgnet.engine.run import prepare_data, train
+from ecgnet.models import MODELS
 from ecgnet.registry import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,3 +301,51 @@ schedule: {{warmup_epochs: 1, cooldown_epochs: 1}}
     other.write_text('data: {type: mitdb, record_names: ["100", "103"]}\neval: {bootstrap: 0}\n')
     external = evaluate(trained, None, tmp_path / "ext", config=other)["model"]
     assert external["n"] == own["n"] and external["accuracy"] == pytest.approx(own["accuracy"], abs=1e-6)
+
+
+# ---- attribution ----
+
+def test_integrated_gradients_add_up_to_the_probability_change(run, test_records):
+    """IG's completeness: over one window, attributions sum to p(record) - p(flat line)."""
+    from ecgnet.explain import explain_signal
+    predictor = Predictor(run, device="cpu", amp="off")
+    rid, x = next(iter(test_records.items()))
+    signal = predictor.prepare(Recording(rid, x, 50.0, LEADS, "mem"))[:, :150]      # exactly one 3 s window
+    e = explain_signal(predictor, signal, rid, "NORM", steps=64)
+    flat = predictor.score_signals([np.zeros_like(signal)])[0][0][predictor.class_names.index("NORM")]
+    assert e.attribution.shape == signal.shape and e.class_name == "NORM"
+    assert e.attribution.sum() == pytest.approx(e.probability - flat, abs=0.02)
+
+
+def test_gradcam_and_attention_maps(tmp_path):
+    from ecgnet.explain import _window_attribution
+    from ecgnet.export import ProbabilityModel
+    for name in ("se_attention1d", "resnet1d"):
+        torch.manual_seed(0)
+        model = MODELS.build({"type": name}, "model", in_leads=3, num_classes=4).eval()
+        prob = ProbabilityModel([model], [{"mode": "none", "mean": None, "std": None}], [None], True).eval()
+        x = torch.randn(1, 3, 200)
+        cam = _window_attribution(prob, x, 1, "gradcam", 8)
+        assert cam.shape == (3, 200) and (cam >= 0).all() and np.allclose(cam[0], cam[2])
+        if name == "se_attention1d":
+            att = _window_attribution(prob, x, 1, "attention", 8)
+            assert att.shape == (3, 200) and att.min() >= 0
+        else:
+            with pytest.raises(Exception, match="no attention weights"):
+                _window_attribution(prob, x, 1, "attention", 8)
+
+
+def test_explain_cli_writes_a_picture_and_arrays(run, test_records, tmp_path):
+    rid, x = next(iter(test_records.items()))
+    write_wfdb(tmp_path, "r", x, 50.0)
+    result = subprocess.run([sys.executable, "tools/explain.py", "--ckpt", str(run), "--input", str(tmp_path / "r.hea"),
+                             "--class", "AF", "--steps", "8", "--out", str(tmp_path / "ex")],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "r: p(AF) = " in result.stdout
+    arrays = np.load(tmp_path / "ex" / "r_AF.npz")
+    assert arrays["attribution"].shape == arrays["signal"].shape == (3, 300) and str(arrays["class_name"]) == "AF"
+    assert (tmp_path / "ex" / "r_AF.png").stat().st_size > 10_000
+    result = subprocess.run([sys.executable, "tools/explain.py", "--ckpt", str(run), "--input", str(tmp_path / "r.hea"),
+                             "--class", "nope"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 2 and "--class nope: not a class" in result.stderr

@@ -60,9 +60,6 @@ class Predictor:
             raise DataError(f"{paths[0]}: this model also takes per-record features "
                             f"({', '.join(first['feature_names'])}), computed from a dataset's annotations; "
                             "score it with tools/evaluate.py --config on a dataset that has them")
-        if self.cfg["data"].get("segment") == "qrs":
-            raise DataError(f"{paths[0]}: this model takes QRS-centred segments cut by its dataset adapter "
-                            "(data.segment: qrs); score it with tools/evaluate.py --config")
         self.data_type = self.cfg["data"]["type"]
         self.class_names, self.multilabel = list(first["class_names"]), bool(first["multilabel"])
         self.leads, self.fs = list(first["leads"]), float(first["fs"])
@@ -139,7 +136,17 @@ class Predictor:
                 row["per_window"].sort(key=lambda w: w["start_s"])
         return out
 
+    def probability_model(self):
+        """The models as one differentiable function, windows in mV -> calibrated probabilities (mean over
+        k folds), normalisation inside: what ``export`` writes and ``explain`` attributes."""
+        from ..export import ProbabilityModel
+        return ProbabilityModel(self.models, [n.state_dict() for n in self.normalizers], self.temperatures,
+                                self.multilabel).eval()
+
     def check_input(self, rec: Recording) -> None:
+        if self.cfg["data"].get("segment") == "qrs":
+            raise DataError(f"{rec.source}: this model takes QRS-centred segments cut by its dataset adapter "
+                            "(data.segment: qrs); score it with tools/evaluate.py --config")
         if self.data_type in BEAT_DATASETS and not rec.source.endswith((".npy", ".npz")):
             raise DataError(f"{rec.source}: this model classifies single beats ({self.data_type}); give it beat "
                             f"windows of {self.window} samples at {self.fs:g} Hz as a NumPy array "
