@@ -120,6 +120,10 @@ class EvalCfg:
     # external evaluation (evaluate --config OTHER.yaml): {model class: other dataset's class or [classes]};
     # null: classes of the same name
     class_map: Optional[dict] = None
+    report: bool = True                        # report.html beside the other files
+    # attribution examples in report.html: the N most confident true and N false positives per class
+    # (integrated gradients; 0: none)
+    explain_examples: int = 1
 
 
 @dataclass
@@ -187,6 +191,7 @@ LIMITS: dict[str, tuple] = {
     "thresholds.default": _between(0, 1),
     "kfold.folds": _at_least(0),
     "eval.bootstrap": _at_least(0),
+    "eval.explain_examples": _at_least(0),
     "fusion.embed_dim": _at_least(1),
     "classifier.embed_dim": _at_least(1),
     "classifier.scale": _above(0),

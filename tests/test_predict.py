@@ -3,6 +3,8 @@ reads (fixtures written with wfdb.wrsamp, scipy.io.savemat + a WFDB header, ecgn
 csv and numpy), checked against the evaluation pipeline's own probabilities."""
 import csv
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -349,3 +351,30 @@ def test_explain_cli_writes_a_picture_and_arrays(run, test_records, tmp_path):
     result = subprocess.run([sys.executable, "tools/explain.py", "--ckpt", str(run), "--input", str(tmp_path / "r.hea"),
                              "--class", "nope"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 2 and "--class nope: not a class" in result.stderr
+
+
+# ---- report.html ----
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                    reason="needs headless Chromium (apt-get install chromium; .ci/run installs it)")
+def test_report_html_renders_in_headless_chromium(run, tmp_path):
+    assert CHROMIUM, "CI must have Chromium: .ci/run installs it"
+    evaluate(run, "test", tmp_path / "report")
+    page = tmp_path / "report" / "report.html"
+    text = page.read_text()
+    assert "http://" not in text.replace("http://www.w3.org", "") and "https://" not in text     # self-contained
+    assert text.count("data:image/png;base64,") >= 5          # 4 plots + attribution examples
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'data-images="ok"' in dom                          # every inline image decoded
+    assert dom.count("<table") >= 3 and "Per class" in dom and "Attribution examples" in dom
+    assert "true positive for" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600",
+                    f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    import matplotlib.image
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (1600, 1200) and pixels[..., :3].std() > 0.05     # drawn, not blank

@@ -20,6 +20,7 @@ from ..data.base import RecordSet
 from ..data.dataset import EvalWindows
 from ..data.transforms import Normalizer
 from ..ensemble import majority_vote, mean_probability
+from ..html_report import write_html_report
 from ..metrics import aami_table, classification_metrics, is_aami
 from ..registry import ConfigError, DataError
 from ..reports import per_class_table, summary_table, write_json, write_model_report
@@ -223,7 +224,10 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
                    "log_every_s": tcfg["log_every_s"]}
     curves, results, probs_all, decisions_all, raw = {}, {}, [], [], {}
 
+    decided = {}
+
     def add(name, y, probs, decisions, groups):
+        decided[name] = decisions
         results[name] = score(y, probs, decisions, groups, records, data.adapter, resamples, cfg["seed"])
         curves[name] = (y, probs)
 
@@ -321,12 +325,49 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
     if is_aami(records.class_names, records.multilabel):
         text += f"\nAAMI beat classes ({main}):\n{aami_table(results[main])}\n"
     (out_dir / "summary.txt").write_text(text)
-    write_json({"command": sys.argv, "split": split, "main": main, "models": list(results),
-                "aggregate": aggregate, "thresholds": cfg["eval"]["thresholds"], "bootstrap": resamples,
-                "calibration": calibrated,
-                "eval_overrides": eval_overrides or {}, "checkpoints": [str(p) for p in paths],
-                "device": str(device), "git_commit": git_commit(),
-                "units": len(unit_ids), "wall_s": round(time.time() - started, 2),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, out_dir / "eval_info.json")
+    info = {"command": sys.argv, "split": split, "main": main, "models": list(results),
+            "aggregate": aggregate, "thresholds": cfg["eval"]["thresholds"], "bootstrap": resamples,
+            "calibration": calibrated,
+            "eval_overrides": eval_overrides or {}, "checkpoints": [str(p) for p in paths],
+            "device": str(device), "git_commit": git_commit(),
+            "units": len(unit_ids), "wall_s": round(time.time() - started, 2),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_json(info, out_dir / "eval_info.json")
+    if cfg["eval"]["report"]:
+        examples = []
+        if cfg["eval"]["explain_examples"] and run_dir is not None and records.units is None and cfg["eval"]["plots"]:
+            y_main, probs_main = curves[main]
+            examples = explain_examples(ckpts[0], data.signals, indices[0], records, y_main, probs_main,
+                                        decided[main], cfg["eval"]["explain_examples"], out_dir / "examples")
+        head = text.split("\n")[:3]
+        write_html_report(out_dir, title, head, results, main, out_dir if len(results) == 1 else out_dir / main, cfg,
+                          info, examples, extra_text=text[text.index("AAMI"):] if "\nAAMI" in text else None)
     print(text + f"\nreports: {out_dir}")
     return results
+
+
+#: attribution examples are drawn for at most this many classes (those with the most positives)
+MAX_EXAMPLE_CLASSES = 6
+
+
+def explain_examples(ckpt, signals, index: np.ndarray, records: RecordSet, y: np.ndarray, probs: np.ndarray,
+                     decisions: np.ndarray, per_kind: int, out_dir: Path) -> list[dict]:
+    """The ``per_kind`` most confident true positives and false positives of each class (up to
+    ``MAX_EXAMPLE_CLASSES`` classes), explained by integrated gradients; PNGs under ``out_dir``."""
+    from ..explain import explain_signal, save_explanation
+    from .predictor import Predictor
+    if records.features is not None:          # models with per-record features are not explained (yet)
+        return []
+    predictor = Predictor(ckpt, device="cpu", amp="off")
+    classes = np.argsort(-y.sum(0), kind="stable")[:MAX_EXAMPLE_CLASSES]
+    out = []
+    for c in classes:
+        for kind, mask in (("true positive", (y[:, c] > 0) & (decisions[:, c] > 0)),
+                           ("false positive", (y[:, c] == 0) & (decisions[:, c] > 0))):
+            for i in np.flatnonzero(mask)[np.argsort(-probs[mask, c], kind="stable")][:per_kind]:
+                rid = records.ids[index[i]]
+                e = explain_signal(predictor, np.asarray(signals[index[i]]), rid, records.class_names[c])
+                png, _ = save_explanation(e, out_dir)
+                out.append({"class": records.class_names[c], "kind": kind, "record": rid,
+                            "probability": float(probs[i, c]), "method": e.method, "png": str(png)})
+    return out

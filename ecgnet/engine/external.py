@@ -23,6 +23,7 @@ from ..build import resolve_config
 from ..config import check_schema, load_yaml_tree
 from ..data.base import ECGAdapter, RecordSet
 from ..data.splits import make_splits
+from ..html_report import write_html_report
 from ..metrics import aami_table, is_aami
 from ..registry import ConfigError, DataError
 from ..reports import per_class_table, summary_table, write_json, write_model_report
@@ -163,9 +164,12 @@ def evaluate_external(ckpt: str | Path, config: str | Path, split: str = "all", 
     if is_aami(list(mapping), view.multilabel):
         text += f"\nAAMI beat classes:\n{aami_table(metrics)}\n"
     (out_dir / "summary.txt").write_text(text)
-    write_json({"command": sys.argv, "split": split, "main": name, "models": [name], "external": metrics["external"],
-                "aggregate": cfg["eval"]["aggregate"], "bootstrap": cfg["eval"]["bootstrap"],
-                "git_commit": git_commit(), "units": len(index), "wall_s": round(time.time() - started, 2),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, out_dir / "eval_info.json")
+    info = {"command": sys.argv, "split": split, "main": name, "models": [name], "external": metrics["external"],
+            "aggregate": cfg["eval"]["aggregate"], "bootstrap": cfg["eval"]["bootstrap"],
+            "git_commit": git_commit(), "units": len(index), "wall_s": round(time.time() - started, 2),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_json(info, out_dir / "eval_info.json")
+    if cfg["eval"]["report"]:
+        write_html_report(out_dir, title, text.split("\n")[:3], results, name, out_dir, cfg, info)
     print(text + f"\nreports: {out_dir}")
     return results
