@@ -333,10 +333,9 @@ def test_ctrl_c_before_the_first_checkpoint_leaves_nothing(tmp_path):
 
 @pytest.mark.parametrize("change, key", [
     ({"preprocess": {"fs": 50}}, "preprocess.fs (None -> 50.0)"),
-    ({"data": {"leads": ["I", "II", "V1"]}}, "data.leads"),
     ({"input": {"window_s": 2}}, "input.window_s (10.0 -> 2.0)"),
     ({"preprocess": {"normalize": "per_record"}}, "preprocess.normalize ('per_lead' -> 'per_record')"),
-], ids=["fs", "leads", "window", "normalize"])
+], ids=["fs", "window", "normalize"])
 def test_evaluate_config_that_changes_the_input_is_refused(finished, tmp_path, change, key):
     config = write_yaml(tmp_path / "other.yaml", {"_base_": str(finished / "config.yaml"), **change})
     report = finished / "eval" / "test" / "metrics.json"
@@ -344,6 +343,14 @@ def test_evaluate_config_that_changes_the_input_is_refused(finished, tmp_path, c
     user_error(tool("evaluate.py", "--ckpt", str(finished), "--config", str(config)),
                f"--config {config}: changes the input the model saw in training", key, "only where the data lives")
     assert report.stat().st_mtime_ns == stamp
+
+
+def test_evaluate_on_other_data_without_the_models_leads(finished, tmp_path):
+    """Other data settings make an external evaluation, which needs the model's leads by name."""
+    config = write_yaml(tmp_path / "other.yaml", {"_base_": str(finished / "config.yaml"),
+                                                  "data": {"leads": ["I", "II", "V1"]}})
+    user_error(tool("evaluate.py", "--ckpt", str(finished), "--config", str(config)),
+               f"{config}: the data has no lead III", "the model needs I, II, III")
 
 
 def test_evaluate_out_that_is_a_file(finished, tmp_path):
