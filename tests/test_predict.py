@@ -378,3 +378,25 @@ def test_report_html_renders_in_headless_chromium(run, tmp_path):
     import matplotlib.image
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (1600, 1200) and pixels[..., :3].std() > 0.05     # drawn, not blank
+
+
+SHARED_PTBXL = REPO.parent / "shared" / "data" / "ptbxl" / "records100" / "00000"
+
+
+@pytest.mark.skipif(not SHARED_PTBXL.is_dir(), reason="needs ../shared/data/ptbxl")
+def test_predict_reads_real_ptbxl_records(tmp_path):
+    """Real WFDB files (PTB-XL names its leads AVR, AVL, AVF; models say aVR...) through a 12-lead
+    100 Hz model; the numbers mean nothing (synthetic training), the reading and windows do."""
+    cfg = tmp_path / "twelve.yaml"
+    cfg.write_text(SMALL.replace("leads: [I, II, V1], ", "").replace("fs: 50, duration_s: 6", "fs: 100, duration_s: 10")
+                   .replace("input: {window_s: 3, eval_stride_s: 1.5}", "input: {window_s: 2.5, eval_stride_s: 1.25}")
+                   .replace("epochs: 8", "epochs: 2").replace("num_records: 320", "num_records: 120"))
+    model = train(load_config(cfg, ["schedule.cooldown_epochs=1"]), work_dir=str(tmp_path / "run"))
+    files = sorted(SHARED_PTBXL.glob("*.hea"))[:5]
+    for f in files:
+        for suffix in (".hea", ".dat"):
+            (tmp_path / "in").mkdir(exist_ok=True)
+            shutil.copy(f.with_suffix(suffix), tmp_path / "in" / f.with_suffix(suffix).name)
+    results, errors = predict_files(model, tmp_path / "in", tmp_path / "real.csv", progress=False)
+    assert not errors and len(results) == len(files)
+    assert all(r["windows"] == 7 and r["duration_s"] == 10.0 for r in results)      # 10 s: 2.5 s every 1.25 s
