@@ -12,11 +12,10 @@ leads, window and stride, aggregation, thresholds, temperatures, normalisation, 
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from .registry import ConfigError
+from .reports import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +95,6 @@ def load_for_export(ckpt: str | Path) -> tuple[ProbabilityModel, dict]:
     return predictor.probability_model(), meta
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _example(meta: dict, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, len(meta["leads"]), meta["window_samples"], generator=torch.Generator().manual_seed(0))
 
@@ -137,7 +125,7 @@ def _export_onnx(model: nn.Module, meta: dict, path: Path) -> bool:
     dynamic_length = bool(dims[2].dim_param)
     meta = {**meta, "dynamic_length": dynamic_length}
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
-    _atomic(path, lambda tmp: onnx.save(proto, tmp))
+    write_atomic(path, proto.SerializeToString())
     return dynamic_length
 
 
@@ -155,7 +143,7 @@ def _export_torchscript(model: nn.Module, meta: dict, path: Path) -> bool:
     meta = {**meta, "dynamic_length": dynamic_length}
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer, _extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})
-    _atomic(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+    write_atomic(path, buffer.getvalue())
     return dynamic_length
 
 
@@ -168,12 +156,10 @@ def export(ckpt: str | Path, fmt: str, out: Optional[str | Path] = None) -> tupl
     run_dir = Path(meta["run"])
     path = Path(out) if out else run_dir / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
     if fmt == "onnx":
-        try:
-            import onnx  # noqa: F401
-            import onnxscript  # noqa: F401
-        except ImportError:
-            raise ConfigError("--format onnx: needs the onnx and onnxscript packages; pip install -e '.[export]'") \
-                from None
+        missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"--format onnx: needs the {' and '.join(missing)} package(s); "
+                              "pip install -e '.[export]'")
         dynamic = _export_onnx(model, meta, path)
     else:
         dynamic = _export_torchscript(model, meta, path)

@@ -19,10 +19,22 @@ from .calibration import expected_calibration_error, reliability_curve  # noqa: 
 from .metrics import summary  # noqa: E402
 
 
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write to a temp file beside ``path``, then rename: a reader sees the old file or the new one,
+    and a failed write leaves no partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2))
 
 
 PER_CLASS_COLUMNS = ("class", "support", "precision", "recall", "specificity", "f1", "f1_ci", "auroc", "auroc_ci",

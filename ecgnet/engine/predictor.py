@@ -10,11 +10,10 @@ every ``input.eval_stride_s``, or whole records for full-length models) combined
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -28,6 +27,7 @@ from ..data.recordings import BadFile, Recording, find_inputs, read_inputs, sele
 from ..data.transforms import Normalizer, preprocess
 from ..ensemble import majority_vote, mean_probability
 from ..registry import DataError
+from ..reports import write_atomic
 from ..thresholds import decide
 from .checkpoint import load_checkpoint
 from .predict import amp_dtype, pool_rows, resolve_device, to_probabilities, window_logits
@@ -179,41 +179,27 @@ class Predictor:
             yield from flush()
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_predictions(path: Path, model: dict, results: list[dict], errors: list[BadFile]) -> None:
     """JSON (the model, every record, the files that could not be read) or CSV (a row per record:
     probabilities, labels, the thresholds; unreadable files as rows with an error)."""
+    text = io.StringIO(newline="")
     if path.suffix.lower() == ".csv":
         classes = model["classes"]
         thresholds = model["thresholds"] or [None] * len(classes)
-
-        def write(f):
-            w = csv.writer(f)
-            w.writerow(["record", "source", "windows", *[f"p_{c}" for c in classes], "labels",
-                        *[f"threshold_{c}" for c in classes], "run", "error"])
-            for r in results:
-                w.writerow([r["record"], r["source"], r["windows"], *[f"{r['probabilities'][c]:.6f}" for c in classes],
-                            ";".join(r["labels"]), *["" if t is None else f"{t:.6f}" for t in thresholds],
-                            model["run"], ""])
-            for e in errors:
-                w.writerow(["", e.source, "", *[""] * len(classes), "", *[""] * len(classes), model["run"], e.reason])
+        w = csv.writer(text)
+        w.writerow(["record", "source", "windows", *[f"p_{c}" for c in classes], "labels",
+                    *[f"threshold_{c}" for c in classes], "run", "error"])
+        for r in results:
+            w.writerow([r["record"], r["source"], r["windows"], *[f"{r['probabilities'][c]:.6f}" for c in classes],
+                        ";".join(r["labels"]), *["" if t is None else f"{t:.6f}" for t in thresholds],
+                        model["run"], ""])
+        for e in errors:
+            w.writerow(["", e.source, "", *[""] * len(classes), "", *[""] * len(classes), model["run"], e.reason])
     else:
-        def write(f):
-            json.dump({"model": model, "records": [{**r, "thresholds": model["thresholds"]} for r in results],
-                       "errors": [{"source": e.source, "reason": e.reason} for e in errors]}, f, indent=1)
-            f.write("\n")
-    _atomic_write(path, write)
+        json.dump({"model": model, "records": [{**r, "thresholds": model["thresholds"]} for r in results],
+                   "errors": [{"source": e.source, "reason": e.reason} for e in errors]}, text, indent=1)
+        text.write("\n")
+    write_atomic(path, text.getvalue())
 
 
 def predict_files(ckpt: str | Path, inputs: str | Path, out: Optional[str | Path] = None,
