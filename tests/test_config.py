@@ -133,13 +133,22 @@ def test_parse_opts_nests():
     assert parse_opts(["a.b.c=1", "a.d=[1, 2]", "e=null"]) == {"a": {"b": {"c": 1}, "d": [1, 2]}, "e": None}
 
 
-SHIPPED = sorted(p for p in (REPO / "cfgs").rglob("*.yaml") if "_base_" not in p.parts)   # fragments are
-# checked through the configs that include them
+SHIPPED = sorted(p for p in (REPO / "cfgs").rglob("*.yaml") if not {"_base_", "external"} & set(p.parts))
+# fragments are checked through the configs that include them; external/ holds the data sections of
+# external evaluations (evaluate --config), checked on top of a model's config below
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
 def test_shipped_configs_resolve(path):
     resolve_config(load_config(path))
+
+
+@pytest.mark.parametrize("path, model", [("cfgs/external/mitdb_ds2.yaml", "cfgs/mitdb/cnn1d_inter_patient.yaml")])
+def test_shipped_external_configs_resolve_over_a_model_config(path, model):
+    from ecgnet.config import load_yaml_tree
+    from ecgnet.engine.external import external_config
+    cfg = external_config(resolve_config(load_config(REPO / model)), load_yaml_tree(REPO / path), None)
+    assert cfg["data"]["type"] == "mitdb" and len(cfg["data"]["record_names"]) == 22
 
 
 def test_yaml_off_is_the_string_off_where_a_setting_allows_it():

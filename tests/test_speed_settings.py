@@ -223,14 +223,14 @@ def test_one_pass_refuses_windows_that_already_normalise():
 def test_kfold_evaluation_in_one_pass_matches_one_pass_per_model(tiny_run, tmp_path, monkeypatch):
     run, _ = tiny_run
     calls = []
-    many = evaluate_mod.predict_many
-    monkeypatch.setattr(evaluate_mod, "predict_many", lambda models, *a, **k: calls.append(len(models)) or
+    many = evaluate_mod.window_logits
+    monkeypatch.setattr(evaluate_mod, "window_logits", lambda models, *a, **k: calls.append(len(models)) or
                         many(models, *a, **k))
     joint = evaluate_mod.evaluate(run, "test", tmp_path / "one_pass")
     assert calls == [2]
     monkeypatch.setattr(evaluate_mod, "_one_pass", lambda states, split: False)   # the K-pass path
     separate = evaluate_mod.evaluate(run, "test", tmp_path / "k_passes")
-    assert calls == [2] and set(joint) == {"fold0", "fold1", "ensemble_vote", "ensemble_mean"}
+    assert calls == [2, 1, 1] and set(joint) == {"fold0", "fold1", "ensemble_vote", "ensemble_mean"}
     for name in joint:
         a, b = joint[name], separate[name]
         for key in ("macro_auroc", "macro_f1", "macro_auprc", "hamming_loss", "exact_match"):
@@ -240,7 +240,7 @@ def test_kfold_evaluation_in_one_pass_matches_one_pass_per_model(tiny_run, tmp_p
     # the validation split differs per fold: one pass per model, as before
     calls.clear()
     evaluate_mod.evaluate(run, "val", tmp_path / "val")
-    assert calls == []
+    assert calls == [1, 1]
 
 
 # ---- train.num_workers: auto ----
