@@ -99,6 +99,22 @@ def _example(meta: dict, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, len(meta["leads"]), meta["window_samples"], generator=torch.Generator().manual_seed(0))
 
 
+def _dynamo_export(model: nn.Module, x: torch.Tensor, batch, samples, meta: dict):
+    """torch.onnx.export (dynamo): a dynamic batch and length, or a dynamic batch alone when
+    torch.export refuses the length."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for shapes in ({"signal": {0: batch, 2: samples}}, {"signal": {0: batch}}):
+            try:
+                return torch.onnx.export(model, (x,), None, input_names=["signal"], output_names=["probabilities"],
+                                         dynamic_shapes=shapes, dynamo=True, opset_version=OPSET, verbose=False)
+            except Exception as err:        # torch.export's constraint violation, whatever its class
+                if 2 not in shapes["signal"]:
+                    raise
+                log.info("export: a fixed window of %d samples (the network does not allow a dynamic length: %s)",
+                         meta["window_samples"], str(err).splitlines()[0][:200])
+
+
 def _export_onnx(model: nn.Module, meta: dict, path: Path) -> bool:
     """-> whether the length is dynamic. torch.export refuses a dynamic length when the network's
     shape arithmetic needs a fixed one (e.g. MaxPool1d(ceil_mode=True)); then the window is fixed."""
@@ -106,20 +122,16 @@ def _export_onnx(model: nn.Module, meta: dict, path: Path) -> bool:
     x = _example(meta)
     batch = torch.export.Dim("batch", min=1)
     samples = torch.export.Dim("samples", min=MIN_SAMPLES)
-    program = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for shapes in ({"signal": {0: batch, 2: samples}}, {"signal": {0: batch}}):
-            try:
-                program = torch.onnx.export(model, (x,), None, input_names=["signal"],
-                                            output_names=["probabilities"], dynamic_shapes=shapes, dynamo=True,
-                                            opset_version=OPSET, verbose=False)
-                break
-            except Exception as err:        # torch.export's constraint violation, whatever its class
-                if 2 not in shapes["signal"]:
-                    raise
-                log.info("export: a fixed window of %d samples (the network does not allow a dynamic length: %s)",
-                         meta["window_samples"], str(err).splitlines()[0][:200])
+    # the exporter and its optimizer log every rewrite at INFO; keep this tool's output to its result
+    quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        program = _dynamo_export(model, x, batch, samples, meta)
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
     proto = program.model_proto
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     dynamic_length = bool(dims[2].dim_param)
