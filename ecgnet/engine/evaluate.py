@@ -129,7 +129,7 @@ def _check_writable(out_dir: Path, flag: str) -> None:
 
 
 def _one_pass(states: list[dict], split: str) -> bool:
-    """Whether every model can score the same windows in one pass (``predict_many``): the same records
+    """Whether every model can score the same windows in one pass (``window_logits``): the same records
     of ``split``, window, stride, input mode and normalisation mode. Per-lead statistics may differ
     (each fold fits its own; they are applied per model on the device); per-record and no
     normalisation are the same for every model."""

@@ -209,11 +209,11 @@ def window_logits(models: Sequence[torch.nn.Module], windows: EvalWindows, devic
     Logits and losses stay on the device until the end (no host sync per batch)."""
     if normalizers is not None:
         if len(normalizers) != len(models):
-            raise ValueError("predict_many: one normaliser per model")
+            raise ValueError("window_logits: one normaliser per model")
         if windows.normalizer.mode != "none":
-            raise ValueError("predict_many: per-model normalisers need windows built with Normalizer('none')")
+            raise ValueError("window_logits: per-model normalisers need windows built with Normalizer('none')")
         if any(n.mode not in ("per_lead", "none") for n in normalizers):
-            raise ValueError("predict_many: per-record normalisation is the same for every model; "
+            raise ValueError("window_logits: per-record normalisation is the same for every model; "
                              "let the windows apply it")
     for model in models:
         model.eval()
