@@ -185,7 +185,7 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
     if config and run_dir is not None:
         from .external import evaluate_external, is_external
         if is_external(trained, config):
-            return evaluate_external(ckpt, config, split or "all", out, eval_overrides)
+            return evaluate_external(ckpts[0], config, split or "all", out, eval_overrides)
     if split == "all":
         raise ConfigError("--split all: scores every record of a dataset the model was not trained on; give that "
                           "dataset's config with --config (the model's own data has its training records)")
