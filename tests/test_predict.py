@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.io
 import torch
@@ -28,6 +29,9 @@ from ecgnet.engine.predictor import Predictor, predict_files
 from ecgnet.engine.run import prepare_data, train
 from ecgnet.models import MODELS
 from ecgnet.registry import DataError
+from test_cinc2020 import write_record as write_cinc2020
+from test_ptbxl import ROWS, STATEMENT_COLUMNS, STATEMENTS, ecg, record_name
+from test_ptbxl import write_record as write_ptbxl
 
 REPO = Path(__file__).resolve().parents[1]
 LEADS = ["I", "II", "V1"]
@@ -411,3 +415,36 @@ def test_calibration_lowers_ece_on_the_demo(tmp_path):
     cal = evaluate(demo, "test", tmp_path / "report", eval_overrides={"bootstrap": 0, "explain_examples": 0})[
         "model"]["calibration"]
     assert cal["ece"] < cal["uncalibrated"]["ece"] and cal["brier"] < cal["uncalibrated"]["brier"]
+
+
+def test_ptbxl_model_on_cinc2020_through_the_shipped_class_map(tmp_path):
+    """A PTB-XL superdiagnostic model (trained on a PTB-XL fixture, 100 Hz) scored on CinC 2020 fixture
+    records (500 Hz, .mat/.hea) through cfgs/external/cinc2020_as_ptbxl_superdiagnostic.yaml."""
+    root = tmp_path / "ptbxl"
+    root.mkdir()
+    pd.DataFrame.from_dict(STATEMENTS, orient="index", columns=STATEMENT_COLUMNS).to_csv(root / "scp_statements.csv")
+    pd.DataFrame([{"ecg_id": e, "patient_id": float(p), "recording_date": d, "scp_codes": c, "strat_fold": f,
+                   "filename_lr": record_name(e, 100), "filename_hr": record_name(e, 500)}
+                  for e, p, d, f, c in ROWS[:10]]).to_csv(root / "ptbxl_database.csv", index=False)
+    for e, *_ in ROWS[:10]:
+        write_ptbxl(root, e, 100, ecg(e, 100))
+    cfg = tmp_path / "ptbxl.yaml"
+    cfg.write_text(f"_base_: [{REPO}/cfgs/_base_/data/ptbxl.yaml, {REPO}/cfgs/_base_/models/resnet1d.yaml]\n"
+                   f"data: {{root: {root}, task: superdiagnostic, min_count: 1}}\n"
+                   "model: {base_width: 8, num_blocks: 2}\nloss: {type: bce}\n"
+                   "train: {epochs: 2, batch_size: 4, tensorboard: false}\n"
+                   "schedule: {type: warmup_cooldown, warmup_epochs: 1, cooldown_epochs: 1}\n")
+    model = train(load_config(cfg), work_dir=str(tmp_path / "run"))
+    folder = tmp_path / "cinc2020" / "WFDB"
+    for k, dx in enumerate([["426783006"], ["713427006", "270492004"], ["164934002"], ["164889003"]]):
+        write_cinc2020(folder, f"A{k:04d}", dx, fs=500, seconds=10.0, seed=k)
+    other = tmp_path / "ext.yaml"
+    other.write_text(f"_base_: {REPO}/cfgs/external/cinc2020_as_ptbxl_superdiagnostic.yaml\n"
+                     f"data: {{root: {tmp_path / 'cinc2020'}}}\neval: {{bootstrap: 0}}\n")
+    metrics = evaluate(model, None, tmp_path / "ext", config=other)["model"]
+    assert [r["class"] for r in metrics["per_class"]] == ["NORM", "CD", "STTC"]
+    assert metrics["n"] == 4 and sorted(metrics["external"]["model_classes_not_scored"]) == ["HYP", "MI"]
+    assert metrics["external"]["class_map"]["CD"][:2] == ["IAVB", "CRBBB|RBBB"]
+    assert [r["support"] for r in metrics["per_class"]] == [1, 1, 1]        # NSR; CRBBB + IAVB; TAb
+    summary = (tmp_path / "ext" / "summary.txt").read_text()
+    assert "EXTERNAL" in summary and "resampled to 100 Hz" in summary
