@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -188,7 +189,8 @@ def plot_confusion(metrics: dict, class_names: Sequence[str], multilabel: bool, 
         fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n, 0.8 + 0.7 * n))
         _draw_matrix(ax, cm, class_names)
         ax.set(xlabel="predicted", ylabel="true")
-    fig.suptitle(title, fontsize=10)
+    # wrapped to the figure's width: a few classes make a narrow figure and a run's name is long
+    fig.suptitle(textwrap.fill(title, max(30, int(fig.get_figwidth() * 11))), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
