@@ -143,12 +143,23 @@ def test_shipped_configs_resolve(path):
     resolve_config(load_config(path))
 
 
-@pytest.mark.parametrize("path, model", [("cfgs/external/mitdb_ds2.yaml", "cfgs/mitdb/cnn1d_inter_patient.yaml")])
+EXTERNAL = {"cfgs/external/mitdb_ds2.yaml": "cfgs/mitdb/cnn1d_inter_patient.yaml",
+            "cfgs/external/demo_unseen_patients_250hz.yaml": "cfgs/demo.yaml",
+            "cfgs/external/cinc2020_as_ptbxl_superdiagnostic.yaml": "cfgs/ptbxl/resnet1d_superdiagnostic.yaml"}
+
+
+def test_every_shipped_external_config_is_checked():
+    assert {str(p.relative_to(REPO)) for p in (REPO / "cfgs" / "external").glob("*.yaml")} == set(EXTERNAL)
+
+
+@pytest.mark.parametrize("path, model", sorted(EXTERNAL.items()))
 def test_shipped_external_configs_resolve_over_a_model_config(path, model):
     from ecgnet.config import load_yaml_tree
     from ecgnet.engine.external import external_config
-    cfg = external_config(resolve_config(load_config(REPO / model)), load_yaml_tree(REPO / path), None)
-    assert cfg["data"]["type"] == "mitdb" and len(cfg["data"]["record_names"]) == 22
+    other = load_yaml_tree(REPO / path)
+    cfg = external_config(resolve_config(load_config(REPO / model)), other, None)
+    assert cfg["data"]["type"] == other["data"]["type"]
+    assert cfg["eval"]["class_map"] == (other.get("eval") or {}).get("class_map")
 
 
 def test_yaml_off_is_the_string_off_where_a_setting_allows_it():
