@@ -2,7 +2,7 @@
 
 * ``integrated_gradients`` (Sundararajan et al. 2017): per lead and sample, from a flat-line (0 mV)
   baseline to the recording; the attributions of a window add up to p(window) - p(flat line).
-* ``gradcam`` (Selvaragu et al. 2017) on the network's last convolution: one map over time, shared by
+* ``gradcam`` (Selvaraju et al. 2017) on the network's last convolution: one map over time, shared by
   the leads, upsampled to the input's samples.
 * ``attention``: ``se_attention1d``'s own temporal attention weights, upsampled likewise.
 
