@@ -103,7 +103,7 @@ def explain_signal(predictor, signal: np.ndarray, record: str, class_name: Optio
     count = np.zeros(samples, np.float64)
     for start in window_starts(samples, window, predictor.stride if not predictor.full_length else window):
         piece = crop_or_pad(signal[:, start:start + window], window)
-        x = torch.from_numpy(np.ascontiguousarray(piece, np.float32))[None]
+        x = torch.from_numpy(np.array(piece, np.float32))[None]      # a copy: the signal may be a read-only memmap
         attr = _window_attribution(prob_model, x, target, method, steps)
         real = min(window, samples - start)
         total[:, start:start + real] += attr[:, :real]
