@@ -168,6 +168,17 @@ def _key(name: str) -> str:
     return name.strip().upper()
 
 
+def lead_indices(available: Sequence[str], wanted: Sequence[str], where: str) -> list[int]:
+    """Positions of the ``wanted`` leads among ``available``, matched by name (case-insensitive:
+    PTB-XL's AVR is aVR); a missing one is a DataError that starts with ``where``."""
+    position = {_key(n): i for i, n in enumerate(available)}
+    missing = [lead for lead in wanted if _key(lead) not in position]
+    if missing:
+        raise DataError(f"{where} has no lead {', '.join(missing)} (it has {', '.join(available)}); "
+                        f"the model needs {', '.join(wanted)}")
+    return [position[_key(lead)] for lead in wanted]
+
+
 def select_leads(rec: Recording, wanted: Sequence[str]) -> np.ndarray:
     """The model's leads of ``rec`` in the model's order, matched by name (case-insensitive); a
     recording without names (NumPy) must have exactly the model's number of leads, in its order."""
@@ -176,9 +187,4 @@ def select_leads(rec: Recording, wanted: Sequence[str]) -> np.ndarray:
             raise DataError(f"{rec.source}: {rec.signal.shape[0]} leads, the model takes {len(wanted)} "
                             f"({', '.join(wanted)}); pass --leads to name the array's leads")
         return rec.signal
-    position = {_key(n): i for i, n in enumerate(rec.leads)}
-    missing = [lead for lead in wanted if _key(lead) not in position]
-    if missing:
-        raise DataError(f"{rec.source}: record {rec.id} has no lead {', '.join(missing)} (it has "
-                        f"{', '.join(rec.leads)}); the model needs {', '.join(wanted)}")
-    return rec.signal[[position[_key(lead)] for lead in wanted]]
+    return rec.signal[lead_indices(rec.leads, wanted, f"{rec.source}: record {rec.id}")]

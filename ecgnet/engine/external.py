@@ -22,6 +22,7 @@ import numpy as np
 from ..build import resolve_config
 from ..config import check_schema, load_yaml_tree
 from ..data.base import ECGAdapter, RecordSet
+from ..data.recordings import lead_indices
 from ..data.splits import make_splits
 from ..html_report import write_html_report
 from ..metrics import aami_table, is_aami
@@ -83,15 +84,6 @@ def class_mapping(model_classes: list[str], data_classes: list[str], class_map: 
     return out
 
 
-def _lead_order(model_leads: list[str], data_leads: list[str], config: str | Path) -> np.ndarray:
-    position = {lead.upper(): i for i, lead in enumerate(data_leads)}
-    missing = [lead for lead in model_leads if lead.upper() not in position]
-    if missing:
-        raise DataError(f"{config}: the data has no lead {', '.join(missing)} (it has {', '.join(data_leads)}); "
-                        f"the model needs {', '.join(model_leads)}")
-    return np.array([position[lead.upper()] for lead in model_leads])
-
-
 def evaluate_external(ckpt: str | Path, config: str | Path, split: str = "all", out: Optional[str | Path] = None,
                       eval_overrides: Optional[dict] = None) -> dict:
     """Score ``ckpt`` (a checkpoint, run or k-fold run: its ensemble) on the dataset of ``config``."""
@@ -110,7 +102,7 @@ def evaluate_external(ckpt: str | Path, config: str | Path, split: str = "all", 
     data = prepare_data(cfg)
     records = data.records
     mapping = class_mapping(predictor.class_names, list(records.class_names), class_map, config)
-    leads = _lead_order(predictor.leads, list(records.leads), config)
+    leads = lead_indices(list(records.leads), predictor.leads, f"{config}: the data")
     if split == "all":
         index = np.arange(len(records.ids))
     else:
