@@ -113,6 +113,19 @@ def test_evaluate_from_checkpoint_alone(kfold_run, tmp_path, capsys):
     assert single["model"]["macro_f1"] == pytest.approx(results["fold1"]["macro_f1"])
 
 
+def test_kfold_validation_is_scored_out_of_fold(kfold_run, tmp_path):
+    """--split val of a k-fold run: each fold's model on its own validation part, and those parts pooled
+    (every train+val record scored once, by the model that did not train on it)."""
+    results = evaluate(kfold_run, "val", tmp_path / "val")
+    assert set(results) == {"fold0", "fold1", "fold2", "out_of_fold"}
+    assert results["out_of_fold"]["n"] == sum(results[f"fold{k}"]["n"] for k in range(3))
+    pooled = sorted(i for k in range(3) for i in load_checkpoint(kfold_run / f"fold{k}" / "best.pt")["split"]["val"])
+    assert results["out_of_fold"]["n"] == len(pooled) == len(set(pooled))
+    assert results["out_of_fold"]["macro_auroc"] > 0.6 and "macro_auroc" in results["out_of_fold"]["ci"]
+    info = json.loads((tmp_path / "val" / "eval_info.json").read_text())
+    assert info["main"] == "out_of_fold" and (tmp_path / "val" / "out_of_fold" / "per_class.csv").is_file()
+
+
 def test_runs_of_different_recipes_scored_as_one_ensemble(kfold_run, small_cfg, tmp_path):
     """evaluate --ckpt RUN_A RUN_B: e.g. CE + weighted CE + focal runs of one task; each model keeps its
     own thresholds, the ensembles combine them; runs that read the data differently are refused."""

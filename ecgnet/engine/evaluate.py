@@ -141,6 +141,12 @@ def _one_pass(states: list[dict], split: str) -> bool:
                and s["normalizer"]["mode"] == first["normalizer"]["mode"] for s in states)
 
 
+def _disjoint(indices: list[np.ndarray]) -> bool:
+    """True when no record is in two of the index arrays."""
+    joined = np.concatenate(indices)
+    return len(np.unique(joined)) == len(joined)
+
+
 def _check_same_data(states: list[dict], paths: list[Path]) -> None:
     """Models of different runs are scored on one reading of the data: the same classes, leads, rate,
     features, and data/preprocess settings (their windows, normalisation and thresholds may differ)."""
@@ -269,11 +275,13 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
     def record_probs(z, rows, n, temperature):
         return pool_rows(to_probabilities(z, records.multilabel, temperature), rows, n, aggregate)
 
+    per_model = []
     for name, state, index, (z, rows, n) in zip(names, states, indices, outputs):
         temperature = state.get("temperature") if cfg["eval"]["calibration"] == "auto" else None
         unit_ids, y, probs, groups = to_units(records, index, record_probs(z, rows, n, temperature), aggregate)
         decisions = decide(probs, thresholds_of(state), records.multilabel)
         add(name, y, probs, decisions, groups)
+        per_model.append((unit_ids, y, probs, decisions, groups))
         calibration = {"temperature": temperature, **calibration_metrics(y, probs, records.multilabel)}
         if temperature is not None:
             raw[name] = to_units(records, index, record_probs(z, rows, n, None), aggregate)[2]
@@ -290,8 +298,18 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
         add("ensemble_mean", y, mean_p, mean_d, groups)
         for name in ("ensemble_vote", "ensemble_mean"):
             results[name]["calibration"] = calibration_metrics(y, mean_p, records.multilabel)
+    elif len(paths) > 1 and _disjoint(indices):
+        # k-fold validation parts cover the pool once: each record scored by the one model that did not
+        # train on it gives a cross-validated estimate over every train+val record (model selection on
+        # small datasets such as MIT-BIH DS1, where one validation part holds a handful of patients).
+        # Ranking metrics pool scores of differently calibrated models, so they can sit below every fold's.
+        unit_ids, y, probs, decisions, groups = (np.concatenate(parts) for parts in zip(*per_model))
+        add("out_of_fold", y, probs, decisions, groups)
+        results["out_of_fold"]["calibration"] = calibration_metrics(y, probs, records.multilabel)
+        log.info("the %s split differs per fold: its parts are disjoint, so they are also scored pooled "
+                 "(out_of_fold, %d units)", split, len(unit_ids))
     elif len(paths) > 1:
-        log.info("the %s split differs per fold, so no ensemble is scored on it", split)
+        log.info("the %s split differs per fold and its parts overlap, so no ensemble is scored on it", split)
     models = cfg["model"]["type"] if run_dir else ", ".join(dict.fromkeys(s["config"]["model"]["type"] for s in states))
     title = f"{run_name} ({models}, {split} split)"
     for name, metrics in results.items():
@@ -299,7 +317,8 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
         write_model_report(target, f"{title}: {name}", metrics, *curves[name], records.class_names,
                            records.multilabel, cfg["eval"]["plots"], raw_probs=raw.get(name))
     write_json(results, out_dir / "metrics.json")
-    main = "ensemble_" + cfg["kfold"]["ensemble"] if f"ensemble_{cfg['kfold']['ensemble']}" in results else names[0]
+    main = ("ensemble_" + cfg["kfold"]["ensemble"] if f"ensemble_{cfg['kfold']['ensemble']}" in results
+            else "out_of_fold" if "out_of_fold" in results else names[0])
     unit = "records" if records.units is None else "units (records regrouped from their windows)"
     ci_note = "no CIs (eval.bootstrap: 0)"
     if resamples:
@@ -335,7 +354,9 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
     write_json(info, out_dir / "eval_info.json")
     if cfg["eval"]["report"]:
         examples = []
-        if cfg["eval"]["explain_examples"] and run_dir is not None and records.units is None and cfg["eval"]["plots"]:
+        # out_of_fold: the run's ensemble would explain records some of its folds trained on
+        if (cfg["eval"]["explain_examples"] and run_dir is not None and records.units is None and cfg["eval"]["plots"]
+                and main != "out_of_fold"):
             y_main, probs_main = curves[main]
             examples = explain_examples(ckpts[0], data.signals, indices[0], records, y_main, probs_main,
                                         decided[main], cfg["eval"]["explain_examples"], out_dir / "examples")
