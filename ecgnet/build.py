@@ -58,6 +58,9 @@ def resolve_config(cfg: dict) -> dict:
         raise ConfigError(f"schedule: warmup_epochs + cooldown_epochs ({sched['warmup_epochs']} + "
                           f"{sched['cooldown_epochs']}) exceed train.epochs ({cfg['train']['epochs']}); "
                           "shorten them, e.g. --opts schedule.cooldown_epochs=1")
+    if cfg["classifier"]["margin"] and cfg["classifier"]["type"] != "cosine":
+        raise ConfigError(f"classifier.margin: {cfg['classifier']['margin']} is CosFace's margin on the cosine "
+                          "classifier's scores; set classifier.type: cosine or the margin to 0")
     # the optimizer and schedule factories check their settings (lr > 0, ...): build them on a dummy
     # parameter now, so a bad value is named before any data is read
     probe = build("optimizer", cfg, params=[torch.nn.Parameter(torch.zeros(1))])
@@ -90,6 +93,19 @@ def build_model(cfg: dict, in_leads: int, num_classes: int, feature_names: Optio
         return CosineClassifier(backbone, embed_dim, num_classes, head["scale"])
     fusion = cfg["fusion"]
     return FeatureFusion(backbone, len(feature_names), embed_dim, num_classes, fusion["hidden"], fusion["dropout"])
+
+
+def build_loss(cfg: dict, multilabel: bool, class_counts: Sequence[int]):
+    """The ``loss`` section's criterion; under a cosine classifier with ``classifier.margin`` it takes
+    CosFace's margin (``losses.CosineMargin``)."""
+    loss = build("loss", cfg, multilabel=multilabel, class_counts=class_counts)
+    head = cfg.get("classifier") or {"type": "linear"}
+    if head.get("margin"):
+        if multilabel:
+            raise ConfigError(f"classifier.margin: {head['margin']} needs a single-label task (the margin is taken "
+                              "off the one true class's cosine); set it to 0")
+        loss = losses.CosineMargin(loss, head["scale"], head["margin"])
+    return loss
 
 
 def build_augmentations(cfg: dict, fs: float) -> list:

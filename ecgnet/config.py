@@ -140,10 +140,13 @@ class FusionCfg:
 class ClassifierCfg:
     """The layer that turns the backbone's output into class scores. ``linear``: the backbone's own
     last layer. ``cosine``: the backbone gives an ``embed_dim`` embedding and the logits are ``scale``
-    times its cosine with a learned vector per class (``models.cosine``; many classes, few records each)."""
+    times its cosine with a learned vector per class (``models.cosine``; many classes, few records each).
+    ``margin`` (cosine only, single-label): CosFace's additive margin, subtracted from the true class's
+    cosine inside the loss (training and validation loss; predictions never see it); 0: NormFace."""
     type: Literal["linear", "cosine"] = "linear"
     embed_dim: int = 128
     scale: float = 30.0
+    margin: float = 0.0
 
 
 PLAIN_SECTIONS: dict[str, type] = {
@@ -195,6 +198,7 @@ LIMITS: dict[str, tuple] = {
     "fusion.embed_dim": _at_least(1),
     "classifier.embed_dim": _at_least(1),
     "classifier.scale": _above(0),
+    "classifier.margin": ((lambda v: 0 <= v < 1), ">= 0 and < 1"),
     "fusion.hidden": _at_least(1),
     "fusion.dropout": ((lambda v: 0 <= v < 1), ">= 0 and < 1"),
 }

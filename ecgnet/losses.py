@@ -153,3 +153,17 @@ class FocalLoss(nn.Module):
         elif self.alpha is not None:
             loss = loss * self.alpha
         return loss.mean()
+
+
+class CosineMargin(nn.Module):
+    """CosFace (Wang et al. 2018): the true class's logit ``scale * cos`` becomes ``scale * (cos - margin)``
+    before ``loss``, so training must win every record by a margin in angle, not just rank it first.
+    For many classes with one or two records each (person identification) this tightens each class
+    around its prototype; inference uses the plain cosines. Wraps any single-label loss."""
+
+    def __init__(self, loss: nn.Module, scale: float, margin: float):
+        super().__init__()
+        self.loss, self.offset = loss, float(scale) * float(margin)
+
+    def forward(self, logits, targets):
+        return self.loss(logits.float() - self.offset * F.one_hot(targets, logits.shape[1]), targets)

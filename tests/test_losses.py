@@ -95,3 +95,27 @@ def test_task_type_mismatch_is_a_config_error():
 
 def test_balance_weights_handles_empty_class():
     assert balance_weights([4, 0, 2]) == [1.0, 1.0, 2.0]
+
+
+def test_cosface_margin_lowers_only_the_true_class_logit():
+    from pathlib import Path
+    from ecgnet.build import build_loss, resolve_config
+    from ecgnet.config import load_config
+    demo = Path(__file__).resolve().parents[1] / "cfgs/demo.yaml"
+    cfg = resolve_config(load_config(demo, ["loss.type=ce", "classifier.type=cosine", "classifier.scale=30",
+                                            "classifier.margin=0.2"]))
+    loss = build_loss(cfg, multilabel=False, class_counts=[5, 5, 5])
+    logits, targets = torch.tensor([[6.0, 3.0, -3.0], [0.0, 9.0, 1.0]]), torch.tensor([0, 2])
+    shifted = logits - 30 * 0.2 * torch.nn.functional.one_hot(targets, 3)     # 6 off each true class's logit
+    expected = torch.nn.functional.cross_entropy(shifted, targets)
+    assert float(loss(logits, targets)) == pytest.approx(float(expected))
+    assert float(loss(logits, targets)) > float(torch.nn.functional.cross_entropy(logits, targets))
+    # margin 0 is the plain loss; a margin needs the cosine classifier and one true class per record
+    plain = build_loss(resolve_config(load_config(demo, ["loss.type=ce", "classifier.type=cosine"])), False, [5, 5, 5])
+    assert float(plain(logits, targets)) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, targets)))
+    with pytest.raises(ConfigError, match="classifier.margin: 0.2 is CosFace's margin"):
+        resolve_config(load_config(demo, ["loss.type=ce", "classifier.margin=0.2"]))
+    with pytest.raises(ConfigError, match="needs a single-label task"):
+        build_loss(resolve_config(load_config(demo, ["classifier.type=cosine", "classifier.margin=0.2"])), True, [5, 5, 5])
+    with pytest.raises(ConfigError, match="classifier.margin"):
+        resolve_config(load_config(demo, ["classifier.type=cosine", "classifier.margin=1.5"]))

@@ -425,6 +425,25 @@ def test_rr_features_survive_left_out_beats(db):
     np.testing.assert_array_equal(dropped.features, whole.features[kept])   # ... without shifting the others
 
 
+def test_beat_template_is_the_records_median_beat(db):
+    plain = MITDB(str(db), record_names=["100", "101"])
+    templ = MITDB(str(db), record_names=["100", "101"], beat_template=True)
+    records = templ.records()
+    assert records.leads == ["MLII", "MLII_template"] and plain.records().ids == records.ids
+    of_100 = [i for i, r in enumerate(records.ids) if r.startswith("100:")]
+    beats = np.stack([plain.load(i)[0] for i in of_100])
+    for i in (of_100[0], of_100[-1]):
+        x = templ.load(i)
+        assert x.shape == (2, plain.load(i).shape[1])
+        np.testing.assert_array_equal(x[0], plain.load(i)[0])                       # the beat itself
+        np.testing.assert_allclose(x[1], np.median(beats, axis=0), rtol=1e-6)    # its record's median beat
+    other = [i for i, r in enumerate(records.ids) if r.startswith("101:")][0]
+    assert not np.allclose(templ.load(other)[1], templ.load(of_100[0])[1])    # one template per record
+    assert plain.cache_key() != templ.cache_key()
+    with pytest.raises(ConfigError, match="data.beat_template"):
+        MITDB(str(db), preset="kaggle", beat_template=True)
+
+
 def test_inter_patient_rr_config_trains_a_fused_model_and_evaluates(db, tmp_path):
     from ecgnet.engine.evaluate import evaluate
     from ecgnet.engine.run import train

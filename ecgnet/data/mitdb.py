@@ -212,6 +212,10 @@ class MITDB(ECGAdapter):
         strict: a bad file is an error instead of a counted skip.
         rr_features: give each beat ``RR_FEATURES`` from the annotated R peaks (the model's second input).
         rr_normalize: ``patient`` divides each RR feature by its mean over the beat's record; ``none``.
+        beat_template: add a second input lead, ``<lead>_template``: the sample-wise median of all the
+            record's beats (cut as the beat is), i.e. the patient's dominant beat. The model then sees
+            each beat beside its own patient's usual beat, a patient-relative view of morphology for
+            inter-patient work (preset none only).
     """
 
     def __init__(self, root: str, lead: str = "MLII", preset: Literal["none", "kaggle"] = "none",
@@ -219,7 +223,8 @@ class MITDB(ECGAdapter):
                  edge: Literal["pad", "drop"] = "pad", bandpass_hz: Optional[Sequence[float]] = None,
                  filter_order: int = 3, split_mode: Literal["intra", "inter"] = "inter",
                  record_names: Optional[Sequence[str]] = None, max_gap_s: float = 0.02, strict: bool = False,
-                 rr_features: bool = False, rr_normalize: Literal["none", "patient"] = "none"):
+                 rr_features: bool = False, rr_normalize: Literal["none", "patient"] = "none",
+                 beat_template: bool = False):
         if preset == "kaggle":
             if beat_window_s is not None:
                 raise ConfigError("data.beat_window_s: the kaggle preset cuts R peak -> R peak + 1.2 x median RR "
@@ -241,6 +246,11 @@ class MITDB(ECGAdapter):
         if rr_normalize != "none" and not rr_features:
             raise ConfigError("data.rr_normalize: set data.rr_features: true as well (there is nothing to normalise)")
         self.rr_features, self.rr_normalize = bool(rr_features), rr_normalize
+        if beat_template and preset == "kaggle":
+            raise ConfigError("data.beat_template: the kaggle preset's beats differ in length (1.2 x the local RR); "
+                              "use preset: none, or beat_template: false")
+        self.beat_template = bool(beat_template)
+        self._templates: dict[int, np.ndarray] = {}    # source index -> median beat
         self.root = Path(os.path.expanduser(root))
         self.lead, self.preset, self.edge, self.split_mode = lead, preset, edge, split_mode
         self.fs = KAGGLE_FS if preset == "kaggle" else float(fs or 360.0)
@@ -387,7 +397,7 @@ class MITDB(ECGAdapter):
         self._source = np.asarray(source, np.int64)
         self._start, self._stop = np.concatenate(start), np.concatenate(stop)
         return RecordSet(ids=ids, groups=groups, labels=np.concatenate(labels), class_names=list(AAMI_CLASSES),
-                         fs=self.fs, leads=[self.lead],
+                         fs=self.fs, leads=[self.lead] + ([f"{self.lead}_template"] if self.beat_template else []),
                          folds=np.asarray(folds, np.int64) if self.split_mode == "inter" else None,
                          skipped=skipped, features=np.concatenate(rr) if self.rr_features else None,
                          feature_names=list(RR_FEATURES) if self.rr_features else None)
@@ -442,7 +452,29 @@ class MITDB(ECGAdapter):
         return resample(x, meta["fs"], self.fs)[0], long_gaps
 
     def load(self, index: int) -> np.ndarray:
-        """Beat ``index`` as float32 (1, samples): mV (preset none) or [0, 1] (kaggle), zero-padded."""
+        """Beat ``index`` as float32 (1, samples): mV (preset none) or [0, 1] (kaggle), zero-padded;
+        with ``beat_template``, (2, samples): the beat, then its record's median beat."""
+        beat = self._beat(index)
+        if not self.beat_template:
+            return beat
+        return np.concatenate([beat, self._template(int(self._source[index]))])
+
+    def _template(self, src: int) -> np.ndarray:
+        """(1, samples) sample-wise median of the beats of source record ``src`` (those that load)."""
+        if src not in self._templates:
+            beats = []
+            for i in np.flatnonzero(self._source == src):
+                try:
+                    beats.append(self._beat(int(i)))
+                except DataError:      # counted where that beat itself is loaded
+                    continue
+            if not beats:
+                raise DataError(f"{self._sources[src]['path']}.dat: no beat of the record loads, so it has no "
+                                "template beat")
+            self._templates[src] = np.median(np.stack(beats), axis=0).astype(np.float32)
+        return self._templates[src]
+
+    def _beat(self, index: int) -> np.ndarray:
         self.records()
         src = int(self._source[index])
         signal, long_gaps = self._signal(src)
@@ -474,7 +506,7 @@ class MITDB(ECGAdapter):
         settings = {"lead": self.lead, "preset": self.preset, "fs": self.fs, "beat_window_s": self.beat_window_s,
                     "edge": self.edge, "bandpass_hz": self.bandpass_hz, "filter_order": self.filter_order,
                     "split_mode": self.split_mode, "record_names": self.record_names,
-                    "max_gap_s": self.max_gap_s, "version": 2}
+                    "max_gap_s": self.max_gap_s, "beat_template": self.beat_template, "version": 2}
         return json.dumps({"files": file_fingerprint(sorted(set(files))), "settings": settings}, sort_keys=True)
 
     def dataset_metrics(self, y_true: np.ndarray, probs: np.ndarray, decisions: np.ndarray) -> dict:

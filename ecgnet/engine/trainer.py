@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.utils.data
 from tqdm import tqdm
 
-from ..build import build, build_augmentations, build_model
+from ..build import build, build_augmentations, build_loss, build_model
 from ..calibration import fit_temperature
 from ..data.base import ECGAdapter, RecordSet
 from ..data.dataset import BucketBatchSampler, EvalWindows, TrainWindows, collate, record_length
@@ -131,8 +131,7 @@ class Trainer:
         self.model.to(self.device)
         if tcfg["sync_bn"] and self.world_size > 1:
             self.model = self._sync_batchnorm(self.model)
-        self.loss_fn = build("loss", cfg, multilabel=records.multilabel,
-                             class_counts=records.class_counts(train_idx)).to(self.device)
+        self.loss_fn = build_loss(cfg, records.multilabel, records.class_counts(train_idx)).to(self.device)
         self.sampler = build("sampler", cfg, labels=records.multi_hot(train_idx), seed=self.seed)
         self.train_set = TrainWindows(data.signals, data.targets, train_idx, data.window, self.normalizer,
                                       build_augmentations(cfg, data.fs),
