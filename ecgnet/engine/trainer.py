@@ -231,13 +231,18 @@ class Trainer:
             probs, loss = self._gather(probs, loss)
         # scored per evaluation unit, as evaluate does, so thresholds and model selection see the same thing
         _, y, probs, _ = to_units(records, self.split["val"], probs, self.cfg["eval"]["aggregate"])
+        return self._score(y, probs, loss, thresholds), probs, y
+
+    def _score(self, y: np.ndarray, probs: np.ndarray, loss: float | None, thresholds=None) -> dict:
+        """val/... metrics of validation predictions (per unit) under ``thresholds`` (None: 0.5 / argmax)."""
+        records = self.data.records
         decisions = decide(probs, thresholds, records.multilabel)
         metrics = classification_metrics(y, probs, decisions, records.class_names, records.multilabel)
         metrics.update(self.data.adapter.dataset_metrics(y, probs, decisions))
         val = {"val/loss": loss, **{f"val/{k}": v for k, v in summary(metrics).items()}}
         # rank 0's numbers everywhere: equal inputs give equal metrics already, but a last-bit difference
         # (another CPU's numpy) must not split early stopping or the best epoch, or the ranks would hang
-        return distributed.broadcast_object(val), probs, y
+        return distributed.broadcast_object(val)
 
     def _gather(self, probs: np.ndarray, loss: float | None) -> tuple[np.ndarray, float | None]:
         """Every rank's share of the validation predictions -> all of them, in record order, and the
@@ -289,14 +294,14 @@ class Trainer:
         if self.cfg["calibration"] == "temperature":
             # before the thresholds, which are tuned on the calibrated probabilities
             self.temperature = self._fit_temperature()
-        _, probs, y = self.validate()
+        untuned, probs, y = self.validate()
         tcfg = self.cfg["thresholds"]
         wants_tuning = records.multilabel or tcfg["single_label"] == "tuned"
         if wants_tuning and tcfg["tune"]:
             self.thresholds = tune_thresholds(y, probs, records.class_names, tcfg["default"])
         elif records.multilabel:
             self.thresholds = [tcfg["default"]] * records.num_classes
-        val, _, _ = self.validate(self.thresholds)
+        val = self._score(y, probs, untuned["val/loss"], self.thresholds)   # the same predictions, decided anew
         if self.rank == 0:
             best.update(thresholds=self.thresholds, temperature=self.temperature, val_metrics=val, finished=True)
             save_checkpoint(best, self.out_dir / "best.pt")
