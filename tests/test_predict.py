@@ -448,3 +448,16 @@ def test_ptbxl_model_on_cinc2020_through_the_shipped_class_map(tmp_path):
     assert [r["support"] for r in metrics["per_class"]] == [1, 1, 1]        # NSR; CRBBB + IAVB; TAb
     summary = (tmp_path / "ext" / "summary.txt").read_text()
     assert "EXTERNAL" in summary and "resampled to 100 Hz" in summary
+
+
+def test_unfinished_training_is_refused_by_evaluate_and_predict(run, tmp_path):
+    from ecgnet.engine.checkpoint import save_checkpoint
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    state = load_checkpoint(run / "best.pt")
+    state["finished"] = False                      # as a run stopped before finalize leaves best.pt
+    save_checkpoint(state, cut / "best.pt")
+    shutil.copy(run / "config.yaml", cut / "config.yaml")
+    for call in (lambda: evaluate(cut, "test", tmp_path / "report"), lambda: Predictor(cut)):
+        with pytest.raises(DataError, match=r"training did not finish .* tools/train.py --resume"):
+            call()

@@ -53,6 +53,17 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def load_finished(paths: list[Path]) -> list[dict]:
+    """The checkpoints at ``paths``; one whose training did not finish (no tuned thresholds, no
+    temperature) is refused with the command that finishes it."""
+    states = [load_checkpoint(p) for p in paths]
+    for p, s in zip(paths, states):
+        if not s.get("finished"):
+            raise DataError(f"{p}: training did not finish (no tuned thresholds); "
+                            f"finish it with tools/train.py --resume {p.parent}")
+    return states
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     return {"python": random.getstate(), "torch": torch.get_rng_state(),

@@ -25,7 +25,7 @@ from ..metrics import aami_table, classification_metrics, is_aami
 from ..registry import ConfigError, DataError
 from ..reports import per_class_table, summary_table, write_json, write_model_report
 from ..thresholds import decide
-from .checkpoint import load_checkpoint
+from .checkpoint import load_finished
 from .distributed import resolve_num_workers
 from .predict import amp_dtype, describe_amp, pool_rows, resolve_device, to_probabilities, to_units, window_logits
 from .run import git_commit, prepare_data
@@ -179,11 +179,7 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
     run_dir, paths, names = gather_models(ckpts)
     if run_dir is None and not out:
         raise ConfigError("--out: required when --ckpt names several runs (the report belongs to none of them)")
-    states = [load_checkpoint(p) for p in paths]
-    for p, s in zip(paths, states):
-        if not s.get("finished"):
-            raise DataError(f"{p}: training did not finish (no tuned thresholds); "
-                            f"finish it with tools/train.py --resume {p.parent}")
+    states = load_finished(paths)
     if run_dir is None:
         _check_same_data(states, paths)
     trained = _checked_config(states[0]["config"], paths[0])

@@ -29,7 +29,7 @@ from ..ensemble import majority_vote, mean_probability
 from ..registry import DataError
 from ..reports import write_atomic
 from ..thresholds import decide
-from .checkpoint import load_checkpoint
+from .checkpoint import load_finished
 from .predict import amp_dtype, pool_rows, resolve_device, to_probabilities, window_logits
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,7 @@ class Predictor:
                  amp: Optional[str] = None):
         from .evaluate import find_checkpoints     # evaluate imports this module's neighbours
         self.run_dir, paths = find_checkpoints(ckpt)
-        self.states = [load_checkpoint(p) for p in paths]
-        for p, s in zip(paths, self.states):
-            if not s.get("finished"):
-                raise DataError(f"{p}: training did not finish (no tuned thresholds); finish it with "
-                                f"tools/train.py --resume {p.parent}")
+        self.states = load_finished(paths)
         first = self.states[0]
         self.cfg = resolve_config(first["config"])
         self.paths = paths
