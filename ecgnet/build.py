@@ -88,7 +88,7 @@ def build_model(cfg: dict, in_leads: int, num_classes: int, feature_names: Optio
         return build("model", cfg, in_leads=in_leads, num_classes=num_classes)
     # under a head, the backbone's last layer gives an embedding instead of the classes
     embed_dim = head["embed_dim"] if head["type"] == "cosine" else cfg["fusion"]["embed_dim"]
-    backbone = build("model", cfg, in_leads=in_leads, num_classes=embed_dim)
+    backbone = build("model", cfg, in_leads=in_leads, num_classes=embed_dim) if embed_dim else None
     if head["type"] == "cosine":
         return CosineClassifier(backbone, embed_dim, num_classes, head["scale"])
     fusion = cfg["fusion"]

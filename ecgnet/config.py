@@ -130,7 +130,8 @@ class EvalCfg:
 class FusionCfg:
     """How a model joins per-record features beside the signal (``RecordSet.features``, e.g. the
     RR intervals of ``data.rr_features``); unused when the data gives none. The backbone's output
-    becomes an ``embed_dim`` embedding; it and the standardised features feed an MLP head."""
+    becomes an ``embed_dim`` embedding; it and the standardised features feed an MLP head.
+    ``embed_dim: 0``: no backbone, the head sees the features alone (what the signal adds)."""
     embed_dim: int = 32
     hidden: int = 32
     dropout: float = 0.1
@@ -195,7 +196,7 @@ LIMITS: dict[str, tuple] = {
     "kfold.folds": _at_least(0),
     "eval.bootstrap": _at_least(0),
     "eval.explain_examples": _at_least(0),
-    "fusion.embed_dim": _at_least(1),
+    "fusion.embed_dim": _at_least(0),          # 0: the features alone, no signal
     "classifier.embed_dim": _at_least(1),
     "classifier.scale": _above(0),
     "classifier.margin": ((lambda v: 0 <= v < 1), ">= 0 and < 1"),

@@ -467,6 +467,11 @@ def test_inter_patient_rr_config_trains_a_fused_model_and_evaluates(db, tmp_path
     assert not torch.allclose(model(x, features=feats), model(x, features=feats.flip(0)))
     with pytest.raises(ValueError, match="features"):
         model(x)
+    # fusion.embed_dim 0: the features alone (no backbone); the signal then changes nothing
+    rr_only = build_model({**state["config"], "fusion": {**state["config"]["fusion"], "embed_dim": 0}}, 1, 5,
+                          state["feature_names"]).eval()
+    assert rr_only.backbone is None and not any(k.startswith("backbone.") for k in rr_only.state_dict())
+    assert torch.equal(rr_only(x, features=feats), rr_only(torch.randn(6, 1, 126), features=feats))
     # evaluating with a config whose data lacks the features is refused in one line
     no_rr = tmp_path / "no_rr.yaml"
     no_rr.write_text(f"_base_: {REPO / 'cfgs' / 'mitdb' / 'cnn1d_inter_patient.yaml'}\n"

@@ -22,6 +22,8 @@ def accepts_lengths(model: nn.Module) -> bool:
     """Whether the model can mask the padding of a variable-length batch: its ``forward`` (for a
     model wrapped around a backbone, such as ``FeatureFusion``, its backbone's) takes ``lengths``."""
     model = getattr(model, "backbone", model)
+    if model is None:                   # FeatureFusion without a signal: nothing to mask
+        return True
     return "lengths" in inspect.signature(model.forward).parameters
 
 
