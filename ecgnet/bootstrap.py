@@ -86,8 +86,9 @@ def class_preserving_weights(y_true: np.ndarray, resamples: int, rng: np.random.
                     + np.log1p(-(1 - unit_neg.mean(0)[needs_neg]) ** n_units).sum())
 
     def unconditional(why: str):
-        log.warning("bootstrap: %s (a class has very few positives); using unconditional resamples, so "
-                    "macro-average intervals mix different class sets", why)
+        log.warning("bootstrap: %s (a class has very few positives); using unconditional resamples, and "
+                    "leaving out the intervals of class-averaged metrics (they would mix different class sets)",
+                    why)
         return (*resample_weights(len(y), resamples, rng, groups), 0.0)
 
     if log_keep + np.log(max_draws) < np.log(0.1):   # a tenth of what is needed, in the whole budget
@@ -186,6 +187,10 @@ def metrics_from_weights(y_true: np.ndarray, probs: np.ndarray, decisions: np.nd
     return out
 
 
+#: metrics averaged over classes; without class-preserving resamples they get no interval
+CLASS_AVERAGED = ("macro_auroc", "macro_auprc", "macro_f1", "weighted_f1")
+
+
 def _interval(values: np.ndarray, level: float) -> np.ndarray:
     """Percentile interval per column of values (B, K) -> (K, 2), NaN where too few defined."""
     alpha = (1 - level) / 2
@@ -247,6 +252,10 @@ def bootstrap_cis(y_true: np.ndarray, probs: np.ndarray, decisions: np.ndarray, 
 
     names = list(scalars)
     ci = _interval(np.column_stack([scalars[k] for k in names]), level)
+    if acceptance == 0:
+        # each resample averages over the classes it happens to hold: such an interval describes another
+        # quantity than the estimate and can miss it entirely (identification's macro F1: 0.668 [0.613, 0.649])
+        ci[[names.index(k) for k in CLASS_AVERAGED if k in names]] = np.nan
     return {
         "resamples": int(resamples), "level": float(level), "seed": int(seed),
         "unit": unit, "n_units": n_units, "class_preserving": acceptance > 0, "acceptance": round(acceptance, 4),

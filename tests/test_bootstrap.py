@@ -204,3 +204,20 @@ def test_thousands_of_single_record_classes_fall_back_without_drawing(monkeypatc
     with caplog.at_level("WARNING"):
         W, unit, n_units, acceptance = bootstrap.class_preserving_weights(y, 100, np.random.default_rng(0))
     assert calls == [1] and acceptance == 0.0 and W.shape == (100, n) and "unconditional" in caplog.text
+
+
+def test_without_class_preserving_resamples_class_averaged_metrics_get_no_interval():
+    """600 single-record classes: unconditional resamples average over whichever classes they hold, so a
+    macro F1 interval would describe something else than the estimate; accuracy keeps its interval."""
+    from ecgnet.bootstrap import bootstrap_cis
+    rng = np.random.default_rng(0)
+    n = 600
+    y = np.eye(n, dtype=np.int64)
+    probs = np.abs(y + rng.normal(0, 0.7, (n, n)))
+    decisions = np.eye(n)[probs.argmax(1)]
+    out = bootstrap_cis(y, probs, decisions, multilabel=False, resamples=200)
+    assert out["class_preserving"] is False
+    assert all(out["ci"][k] is None for k in ("macro_auroc", "macro_auprc", "macro_f1", "weighted_f1"))
+    lo, hi = out["ci"]["accuracy"]
+    accuracy = float((decisions.argmax(1) == np.arange(n)).mean())
+    assert lo <= accuracy <= hi and hi - lo > 0.01

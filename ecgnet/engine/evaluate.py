@@ -321,7 +321,9 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
         boot = results[main]["bootstrap"]
         drawn = "patients" if boot["unit"] == "patient" else "scored units" if records.units else "records"
         ci_note = (f"95 % CIs: percentile bootstrap, {resamples} resamples of {drawn}"
-                   + (", each keeping every class present in the split" if boot["class_preserving"] else ""))
+                   + (", each keeping every class present in the split" if boot["class_preserving"] else
+                      "; classes too rare for resamples that keep each of them, so class-averaged metrics "
+                      "(macro, weighted) have no CI"))
     if cfg["eval"]["thresholds"] == "fixed":
         decision = f"fixed threshold {cfg['thresholds']['default']:g}" if records.multilabel else "argmax (untuned)"
     else:
