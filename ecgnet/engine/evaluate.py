@@ -271,13 +271,13 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
     def record_probs(z, rows, n, temperature):
         return pool_rows(to_probabilities(z, records.multilabel, temperature), rows, n, aggregate)
 
-    per_model = []
+    scored = []                # (unit ids, labels, groups) per model, beside probs_all / decisions_all
     for name, state, index, (z, rows, n) in zip(names, states, indices, outputs):
         temperature = state.get("temperature") if cfg["eval"]["calibration"] == "auto" else None
         unit_ids, y, probs, groups = to_units(records, index, record_probs(z, rows, n, temperature), aggregate)
         decisions = decide(probs, thresholds_of(state), records.multilabel)
         add(name, y, probs, decisions, groups)
-        per_model.append((unit_ids, y, probs, decisions, groups))
+        scored.append((unit_ids, y, groups))
         calibration = {"temperature": temperature, **calibration_metrics(y, probs, records.multilabel)}
         if temperature is not None:
             raw[name] = to_units(records, index, record_probs(z, rows, n, None), aggregate)[2]
@@ -299,7 +299,8 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
         # train on it gives a cross-validated estimate over every train+val record (model selection on
         # small datasets such as MIT-BIH DS1, where one validation part holds a handful of patients).
         # Ranking metrics pool scores of differently calibrated models, so they can sit below every fold's.
-        unit_ids, y, probs, decisions, groups = (np.concatenate(parts) for parts in zip(*per_model))
+        unit_ids, y, groups = (np.concatenate(parts) for parts in zip(*scored))
+        probs, decisions = np.concatenate(probs_all), np.concatenate(decisions_all)
         add("out_of_fold", y, probs, decisions, groups)
         results["out_of_fold"]["calibration"] = calibration_metrics(y, probs, records.multilabel)
         log.info("the %s split differs per fold: its parts are disjoint, so they are also scored pooled "
