@@ -269,7 +269,7 @@ PTBXL_CONFIGS = [p for p in sorted((REPO / "cfgs" / "ptbxl").glob("*.yaml")) if 
 def test_ptbxl_configs_cover_the_benchmark_models():
     tasks = ("all", "diagnostic", "form", "rhythm", "subdiagnostic", "superdiagnostic")
     assert [p.stem for p in PTBXL_CONFIGS] == [
-        "inception1d_superdiagnostic", *[f"resnet1d_wang_{task}" for task in tasks],
+        "inception1d_form", "inception1d_superdiagnostic", *[f"resnet1d_wang_{task}" for task in tasks],
         *[f"xresnet1d101_{task}" for task in tasks]]
 
 
