@@ -168,6 +168,11 @@ def test_bucket_batches_cover_the_epoch_with_similar_lengths():
     assert spread < 0.2 * np.ptp(lengths)                 # sorted pools keep each batch's lengths close
     batches.set_epoch(1)
     assert list(batches) == drawn
+    # 201 records in batches of 8 would end with a batch of one, which BatchNorm cannot train on: it is dropped
+    odd = BucketBatchSampler(build("sampler", {"sampler": {"type": "random"}}, labels=np.zeros((201, 1), np.float32),
+                                   seed=0), np.append(lengths, 500), batch_size=8, pool_batches=25)
+    odd.set_epoch(1)
+    assert len(odd) == len(list(odd)) == 25 and min(len(b) for b in odd) > 1
 
 
 def test_collate_pads_and_unpadded_eval_windows():

@@ -356,6 +356,8 @@ class BucketBatchSampler(torch.utils.data.Sampler):
             pool = positions[start:start + size]
             pool = pool[np.argsort(self.lengths[pool % len(self.lengths)], kind="stable")]
             batches += [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        if self.batch_size > 1 and len(batches[-1]) == 1:
+            batches.pop()               # one sample cannot train BatchNorm (the trainer's loader does the same)
         order = np.random.default_rng([self.sampler.seed, self.sampler.epoch, 1]).permutation(len(batches))
         if self.world_size > 1:
             w = self.world_size
@@ -363,4 +365,5 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         return iter([batches[i].tolist() for i in order])
 
     def __len__(self) -> int:
-        return -(-len(self.sampler) // self.batch_size)
+        n = len(self.sampler)
+        return -(-n // self.batch_size) - (self.batch_size > 1 and n % self.batch_size == 1)

@@ -149,7 +149,10 @@ class Trainer:
                                                             collate_fn=collate, **loader_args)
         else:
             shard = ShardedSampler(self.sampler, self.rank, self.world_size)
+            # a last batch of one sample cannot train BatchNorm ("Expected more than 1 value per channel"):
+            # drop it, and only it, so every other training set keeps its batches
             self.train_loader = torch.utils.data.DataLoader(self.train_set, batch_size=local_batch, sampler=shard,
+                                                            drop_last=len(shard) % local_batch == 1,
                                                             collate_fn=collate, **loader_args)
         # each rank validates every world_size-th record; the predictions are gathered (see validate)
         self.val_share = np.arange(self.rank, len(split["val"]), self.world_size)
