@@ -195,6 +195,16 @@ def test_failed_start_leaves_no_run_directory(small_cfg, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_last_training_batch_of_one_sample_is_dropped(small_cfg, tmp_path):
+    # PTB-XL form, 5-fold: a fold's training records in batches of 64 left one sample, and resnet1d's
+    # BatchNorm on the last block (length 1 after its subsampling) stopped the run
+    opts = ["train.epochs=2", "schedule.cooldown_epochs=1", "input.window_s=2", "model.type=resnet1d"]
+    first = train(load_config(small_cfg, opts), work_dir=str(tmp_path / "probe"))
+    n_train = len(json.loads((first / "splits.json").read_text())["folds"][0]["train"])
+    run = train(load_config(small_cfg, opts + [f"train.batch_size={n_train - 1}"]), work_dir=str(tmp_path / "odd"))
+    assert (run / "best.pt").is_file()
+
+
 def test_full_length_training_on_variable_length_records(small_cfg, tmp_path):
     opts = ["data.max_duration_s=14", "input.full_length=true", "input.max_length_s=12", "train.epochs=3",
             "schedule.cooldown_epochs=1"]
