@@ -12,6 +12,7 @@ from ecgnet.data.dataset import TrainWindows
 from ecgnet.engine.checkpoint import load_checkpoint
 from ecgnet.engine.evaluate import evaluate
 from ecgnet.engine.run import resume, train
+from ecgnet.registry import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,6 +112,25 @@ def test_evaluate_from_checkpoint_alone(kfold_run, tmp_path, capsys):
     # one fold's checkpoint on its own
     single = evaluate(kfold_run / "fold1" / "best.pt", "test", tmp_path / "fold1")
     assert single["model"]["macro_f1"] == pytest.approx(results["fold1"]["macro_f1"])
+
+
+def test_a_kfold_run_with_an_untrained_fold_is_not_scored(kfold_run, tmp_path, capsys):
+    """A stopped 5-fold run once got its test split read as a 4-model ensemble; evaluate refuses until
+    every fold is trained, or the user names the folds to score."""
+    import shutil
+    from ecgnet.cli import evaluate_main
+    run = tmp_path / "stopped"
+    shutil.copytree(kfold_run, run)
+    shutil.rmtree(run / "fold2")                   # training never reached fold 2
+    assert evaluate_main(["--ckpt", str(run)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "fold 2 of its 3 has no best.pt" in err and f"--resume {run}" in err
+    assert not (run / "eval").exists()           # nothing was scored
+    (run / "splits.json").unlink()                 # the config.yaml says how many folds too
+    with pytest.raises(DataError, match="fold 2 of its 3"):
+        evaluate(run, "test", tmp_path / "report")
+    named = evaluate([run / "fold0", run / "fold1"], "test", tmp_path / "two")
+    assert set(named) == {"fold0", "fold1", "ensemble_vote", "ensemble_mean"}
 
 
 def test_kfold_validation_is_scored_out_of_fold(kfold_run, tmp_path):

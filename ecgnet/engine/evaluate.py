@@ -3,6 +3,7 @@ test (or validation) split recorded in the checkpoints. Config, classes, thresho
 normalisation all come from the checkpoints."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from ..bootstrap import bootstrap_cis
 from ..calibration import calibration_metrics
@@ -45,7 +47,30 @@ def find_checkpoints(path: str | Path) -> tuple[Path, list[Path]]:
     folds = sorted(path.glob("fold*/best.pt"), key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
     if not folds:
         raise DataError(f"--ckpt {path}: no best.pt or fold*/best.pt inside; point it at a run directory or a .pt file")
+    planned = _planned_folds(path)
+    untrained = [k for k in range(planned) if not (path / f"fold{k}" / "best.pt").is_file()]
+    if untrained:
+        # an ensemble of the trained folds alone would be scored (and the test split read) as if it were the run's
+        which = (f"fold {untrained[0]} of its {planned} has" if len(untrained) == 1 else
+                 f"folds {', '.join(map(str, untrained))} of its {planned} have")
+        raise DataError(f"--ckpt {path}: {which} no best.pt yet; "
+                        f"finish the run with tools/train.py --resume {path}, or name the folds to score "
+                        f"(--ckpt {path}/fold0 {path}/fold1 ... --out DIR)")
     return path, folds
+
+
+def _planned_folds(run_dir: Path) -> int:
+    """How many models a k-fold run was started to train: its splits.json (written before the first
+    fold trains), else its config.yaml; 0 when neither says (a copied folder of fold checkpoints)."""
+    try:
+        if (run_dir / "splits.json").is_file():
+            return len(json.loads((run_dir / "splits.json").read_text())["folds"])
+        if (run_dir / "config.yaml").is_file():
+            return int(yaml.safe_load((run_dir / "config.yaml").read_text())["kfold"]["folds"])
+    except (ValueError, KeyError, TypeError, yaml.YAMLError) as err:
+        raise DataError(f"--ckpt {run_dir}: cannot tell how many folds the run has from its splits.json or "
+                        f"config.yaml ({type(err).__name__}: {err}); name the fold checkpoints to score instead") from None
+    return 0
 
 
 def gather_models(ckpts: list[str | Path]) -> tuple[Path | None, list[Path], list[str]]:
