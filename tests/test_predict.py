@@ -241,6 +241,10 @@ def test_kfold_run_predicts_as_its_ensemble(tmp_path, test_records):
     for c in predictor.class_names:
         assert ensemble["probabilities"][c] == pytest.approx(np.mean([f["probabilities"][c] for f in folds]),
                                                             abs=1e-6)
+    # a run with a fold not trained yet is not applied as if it were the whole ensemble
+    (kfold / "fold1" / "best.pt").unlink()
+    with pytest.raises(DataError, match=r"fold 1 of its 2 has no best.pt.*use one trained fold \(--ckpt .*fold0\)"):
+        Predictor(kfold)
 
 
 def test_models_that_need_more_than_a_recording_are_refused(run, tmp_path):

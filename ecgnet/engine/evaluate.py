@@ -35,8 +35,9 @@ from .run import git_commit, prepare_data
 log = logging.getLogger(__name__)
 
 
-def find_checkpoints(path: str | Path) -> tuple[Path, list[Path]]:
-    """-> (run directory, model checkpoints). Accepts a .pt file, a run dir or a k-fold run dir."""
+def find_checkpoints(path: str | Path, several: bool = False) -> tuple[Path, list[Path]]:
+    """-> (run directory, model checkpoints). Accepts a .pt file, a run dir or a k-fold run dir whose
+    folds are all trained. ``several``: the caller takes several --ckpt (said in the error's hint)."""
     path = Path(path)
     if path.is_file():
         return path.parent, [path]
@@ -54,8 +55,9 @@ def find_checkpoints(path: str | Path) -> tuple[Path, list[Path]]:
         which = (f"fold {untrained[0]} of its {planned} has" if len(untrained) == 1 else
                  f"folds {', '.join(map(str, untrained))} of its {planned} have")
         raise DataError(f"--ckpt {path}: {which} no best.pt yet; "
-                        f"finish the run with tools/train.py --resume {path}, or name the folds to score "
-                        f"(--ckpt {path}/fold0 {path}/fold1 ... --out DIR)")
+                        f"finish the run with tools/train.py --resume {path}, or " +
+                        (f"name the folds to score (--ckpt {path}/fold0 {path}/fold1 ... --out DIR)" if several
+                         else f"use one trained fold (--ckpt {path}/fold0)"))
     return path, folds
 
 
@@ -76,7 +78,7 @@ def _planned_folds(run_dir: Path) -> int:
 def gather_models(ckpts: list[str | Path]) -> tuple[Path | None, list[Path], list[str]]:
     """Every model of one or more ``--ckpt`` entries -> (run directory or None when several runs are
     combined, checkpoints, a name per model: ``model``, ``fold<k>``, or the run's folder name)."""
-    found = [find_checkpoints(c) for c in ckpts]
+    found = [find_checkpoints(c, several=True) for c in ckpts]
     if len(found) == 1:
         run_dir, paths = found[0]
         return run_dir, paths, [p.parent.name if len(paths) > 1 else "model" for p in paths]
