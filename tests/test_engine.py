@@ -126,7 +126,7 @@ def test_a_kfold_run_with_an_untrained_fold_is_not_scored(kfold_run, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "fold 2 of its 3 has no best.pt" in err and f"--resume {run}" in err
     assert not (run / "eval").exists()           # nothing was scored
-    (run / "splits.json").unlink()                 # the config.yaml says how many folds too
+    (run / "splits.json").unlink()                 # the count comes from config.yaml, not the split file
     with pytest.raises(DataError, match="fold 2 of its 3"):
         evaluate(run, "test", tmp_path / "report")
     named = evaluate([run / "fold0", run / "fold1"], "test", tmp_path / "two")

@@ -3,7 +3,6 @@ test (or validation) split recorded in the checkpoints. Config, classes, thresho
 normalisation all come from the checkpoints."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -30,7 +29,7 @@ from ..thresholds import decide
 from .checkpoint import load_finished
 from .distributed import resolve_num_workers
 from .predict import amp_dtype, describe_amp, pool_rows, resolve_device, to_probabilities, to_units, window_logits
-from .run import git_commit, prepare_data
+from .run import git_commit, model_dirs, prepare_data
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def find_checkpoints(path: str | Path, several: bool = False) -> tuple[Path, lis
     if not folds:
         raise DataError(f"--ckpt {path}: no best.pt or fold*/best.pt inside; point it at a run directory or a .pt file")
     planned = _planned_folds(path)
-    untrained = [k for k in range(planned) if not (path / f"fold{k}" / "best.pt").is_file()]
+    untrained = [k for k, d in enumerate(model_dirs(path, planned)) if not (d / "best.pt").is_file()] if planned > 1 else []
     if untrained:
         # an ensemble of the trained folds alone would be scored (and the test split read) as if it were the run's
         which = (f"fold {untrained[0]} of its {planned} has" if len(untrained) == 1 else
@@ -62,17 +61,15 @@ def find_checkpoints(path: str | Path, several: bool = False) -> tuple[Path, lis
 
 
 def _planned_folds(run_dir: Path) -> int:
-    """How many models a k-fold run was started to train: its splits.json (written before the first
-    fold trains), else its config.yaml; 0 when neither says (a copied folder of fold checkpoints)."""
+    """How many models a k-fold run was started to train (its config.yaml, written before the first fold
+    trains); 0 when it has none (a copied folder of fold checkpoints)."""
+    if not (run_dir / "config.yaml").is_file():
+        return 0
     try:
-        if (run_dir / "splits.json").is_file():
-            return len(json.loads((run_dir / "splits.json").read_text())["folds"])
-        if (run_dir / "config.yaml").is_file():
-            return int(yaml.safe_load((run_dir / "config.yaml").read_text())["kfold"]["folds"])
+        return int(yaml.safe_load((run_dir / "config.yaml").read_text())["kfold"]["folds"])
     except (ValueError, KeyError, TypeError, yaml.YAMLError) as err:
-        raise DataError(f"--ckpt {run_dir}: cannot tell how many folds the run has from its splits.json or "
-                        f"config.yaml ({type(err).__name__}: {err}); name the fold checkpoints to score instead") from None
-    return 0
+        raise DataError(f"--ckpt {run_dir}: cannot tell how many folds the run has from its config.yaml "
+                        f"({type(err).__name__}: {err}); name the fold checkpoints to score instead") from None
 
 
 def gather_models(ckpts: list[str | Path]) -> tuple[Path | None, list[Path], list[str]]:
