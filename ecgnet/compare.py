@@ -352,10 +352,19 @@ def _config_value(config: dict, key: str) -> str:
 
 
 def fmt_command(argv) -> str:
-    """env.json's sys.argv as a command to paste: 'python tools/train.py ...' or 'ecgnet-train ...'."""
+    """env.json's sys.argv as a command to paste: 'python tools/train.py ...' or 'ecgnet-train ...'.
+
+    A tools/ script started by its absolute path (a wrapper such as experiments/ptbxl/fivefold.sh does that)
+    is shown as run from the repository root, like the other commands, not with this machine's checkout path.
+    """
     if not argv:
         return "-"
-    head = f"python {argv[0]}" if str(argv[0]).endswith(".py") else Path(argv[0]).name
+    script = Path(str(argv[0]))
+    if script.suffix == ".py":
+        head = f"python tools/{script.name}" if script.is_absolute() and script.parent.name == "tools" \
+            else f"python {argv[0]}"
+    else:
+        head = script.name
     return " ".join([head, *map(shlex.quote, map(str, argv[1:]))])
 
 
