@@ -60,6 +60,10 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, help="k-fold cross-validation with K models")
     parser.add_argument("--work-dir", help="run directory (default runs/<name>, never overwritten)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run with its saved config")
+    parser.add_argument("--only-folds", type=int, nargs="+", metavar="K",
+                        help="train only these folds (0-based) of a k-fold run, e.g. one process or machine each: "
+                             "the first with --config ... --folds 5 --work-dir RUN --only-folds 0 1 2, the others "
+                             "with --resume RUN --only-folds 3 4 once RUN/splits.json exists")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
@@ -70,7 +74,7 @@ def train_main(argv: list[str] | None = None) -> int:
             if args.config or args.opts or args.folds or args.work_dir:
                 raise ConfigError("--resume: uses the run's saved config; drop --config/--opts/--folds/--work-dir")
             from .engine.run import resume
-            run_dir = resume(args.resume)
+            run_dir = resume(args.resume, only_folds=args.only_folds)
         else:
             if not args.config:
                 raise ConfigError("--config: required (or --resume RUN_DIR)")
@@ -78,7 +82,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--folds: must be >= 0")
             cfg = load_config(args.config, args.opts)   # before torch is imported: a typo is reported at once
             from .engine.run import train
-            run_dir = train(cfg, work_dir=args.work_dir, folds=args.folds)
+            run_dir = train(cfg, work_dir=args.work_dir, folds=args.folds, only_folds=args.only_folds)
         if not _other_rank():
             print(f"run directory: {run_dir}")
     return guarded(run)

@@ -179,6 +179,21 @@ def test_resume_of_finished_run_retrains_nothing(kfold_run):
     assert before == {p: p.stat().st_mtime_ns for p in kfold_run.glob("fold*/best.pt")}
 
 
+def test_folds_trained_by_separate_processes_match_one_run(kfold_run, small_cfg, tmp_path):
+    # --only-folds: one process starts the run with fold 2, another trains folds 0 and 1 with --resume
+    run = train(load_config(small_cfg, ["train.epochs=8"]), work_dir=str(tmp_path / "parallel"), folds=3,
+                only_folds=[2])
+    assert (run / "fold2" / "best.pt").is_file() and not (run / "fold0").exists()
+    assert list(json.loads((run / "val_summary.json").read_text())) == ["fold2"]
+    first_wall = json.loads((run / "env.json").read_text())["train_wall_s"]
+    resume(run, only_folds=[1, 0])
+    for k in range(3):
+        a, b = _weights(kfold_run / f"fold{k}" / "best.pt"), _weights(run / f"fold{k}" / "best.pt")
+        assert all(torch.equal(a[name], b[name]) for name in a), f"fold{k}"
+    assert list(json.loads((run / "val_summary.json").read_text())) == ["fold0", "fold1", "fold2"]
+    assert json.loads((run / "env.json").read_text())["train_wall_s"] > first_wall   # both processes' time
+
+
 def run_tool(*args, cwd=REPO):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
@@ -189,6 +204,9 @@ def run_tool(*args, cwd=REPO):
     (["tools/train.py", "--config", "cfgs/demo.yaml", "--opts", "model.type=resnet"], "did you mean 'resnet1d'?"),
     (["tools/train.py", "--config", "cfgs/demo.yaml", "--opts", "train.batch_size=big"], "train.batch_size: expected int"),
     (["tools/evaluate.py", "--ckpt", "runs/does-not-exist"], "no such file or directory"),
+    (["tools/train.py", "--config", "cfgs/demo.yaml", "--folds", "3", "--only-folds", "1", "3"],
+     "--only-folds: 3: choose fold numbers 0-2"),
+    (["tools/train.py", "--config", "cfgs/demo.yaml", "--only-folds", "0"], "--only-folds: the run trains one model"),
 ])
 def test_cli_user_errors_exit_2_without_traceback(args, message):
     result = run_tool(*args)

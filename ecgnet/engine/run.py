@@ -13,6 +13,7 @@ read), and alone writes the files above; an error it meets before training is ra
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -120,15 +121,18 @@ def _log_to_file(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def train(cfg: dict, work_dir: str | None = None, folds: int | None = None) -> Path:
-    """Train from a loaded config (see ``config.load_config``); returns the run directory."""
+def train(cfg: dict, work_dir: str | None = None, folds: int | None = None,
+          only_folds: list[int] | None = None) -> Path:
+    """Train from a loaded config (see ``config.load_config``); returns the run directory.
+    ``only_folds``: train just these folds of a k-fold run (see ``_check_only_folds``)."""
     if folds is not None:
         cfg = {**cfg, "kfold": {**cfg.get("kfold", {}), "folds": folds}}
     cfg = resolve_config(cfg)
+    _check_only_folds(only_folds, cfg["kfold"]["folds"])
     with distributed.session(cfg["train"]["device"]):
         run_dir, created = distributed.on_main(lambda: _start_run_dir(cfg, work_dir))
         try:
-            return _run(cfg, run_dir)
+            return _run(cfg, run_dir, only_folds)
         except BaseException as err:       # also Ctrl-C
             saved = any(run_dir.rglob("*.pt"))
             if not saved and distributed.is_main():   # nothing trained yet: leave nothing that blocks --work-dir
@@ -169,9 +173,24 @@ def _discard(run_dir: Path, created: bool) -> None:
             path.unlink(missing_ok=True)
 
 
-def resume(run_dir: str | Path) -> Path:
+def _check_only_folds(only_folds: list[int] | None, folds: int) -> None:
+    """Folds of one k-fold run may be trained by several processes or machines at once, each taking
+    its own folds (``--only-folds``) in the same run directory; every fold's seed depends on its
+    number alone, so the models are those one process would train one after another."""
+    if only_folds is None:
+        return
+    if folds < 2:
+        raise ConfigError("--only-folds: the run trains one model, not k folds; add --folds K (K >= 2) "
+                          "or drop --only-folds")
+    bad = [k for k in only_folds if not 0 <= k < folds]
+    if bad or not only_folds:
+        raise ConfigError(f"--only-folds: {' '.join(map(str, bad)) or 'nothing given'}: "
+                          f"choose fold numbers 0-{folds - 1}")
+
+
+def resume(run_dir: str | Path, only_folds: list[int] | None = None) -> Path:
     """Continue an interrupted run from its own config.yaml and last.pt files, refusing a config.yaml
-    edited since the checkpoints were written."""
+    edited since the checkpoints were written. ``only_folds``: continue just these folds."""
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     if not path.is_file():
@@ -180,11 +199,12 @@ def resume(run_dir: str | Path) -> Path:
         cfg = resolve_config(check_schema(load_yaml_tree(path)))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+    _check_only_folds(only_folds, cfg["kfold"]["folds"])
     for last in sorted(run_dir.glob("last.pt")) + sorted(run_dir.glob("fold*/last.pt")):
         _check_unchanged(cfg, load_checkpoint(last)["config"], path, last)
     with distributed.session(cfg["train"]["device"]):
         try:
-            return _run(cfg, run_dir)
+            return _run(cfg, run_dir, only_folds)
         except KeyboardInterrupt as err:
             err.what_now = f"continue with --resume {run_dir}"
             raise
@@ -205,12 +225,31 @@ def _check_unchanged(cfg: dict, trained: dict, path: Path, ckpt: Path) -> None:
 
 
 def _record_wall_time(run_dir: Path, seconds: float) -> None:
-    """Add this session's training time to env.json (a resumed run adds up its sessions)."""
+    """Add this session's training time to env.json (a resumed run adds up its sessions; processes
+    training folds of one run in parallel add up theirs, so it is the compute time, not the span)."""
     path = run_dir / "env.json"
-    env = json.loads(path.read_text()) if path.is_file() else {}
-    env["train_wall_s"] = round(env.get("train_wall_s", 0.0) + seconds, 1)
-    env["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    write_json(env, path)
+    with _locked(run_dir / ".env.lock"):     # two processes finishing at once would lose one's time
+        env = json.loads(path.read_text()) if path.is_file() else {}
+        env["train_wall_s"] = round(env.get("train_wall_s", 0.0) + seconds, 1)
+        env["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(env, path)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` between processes (POSIX; elsewhere none: a race there costs a
+    wall-time sum, nothing else)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _save_splits(splits: dict, path: Path) -> None:
@@ -229,7 +268,7 @@ def _save_splits(splits: dict, path: Path) -> None:
     write_json(splits, path)
 
 
-def _run(cfg: dict, run_dir: Path) -> Path:
+def _run(cfg: dict, run_dir: Path, only_folds: list[int] | None = None) -> Path:
     main = distributed.is_main()
     handler = _log_to_file(run_dir) if main else None
     started = time.time()
@@ -248,18 +287,26 @@ def _run(cfg: dict, run_dir: Path) -> Path:
         log.info("%d records (%s), %d classes, %d test; %d model(s)", len(ids),
                  "multi-label" if data.records.multilabel else "single-label", data.records.num_classes,
                  len(splits["test"]), len(splits["folds"]))
-        summary = {}
+        summary, left = {}, []
         for k, (out_dir, (train_idx, val_idx)) in enumerate(zip(model_dirs(run_dir, folds), splits["folds"])):
             last = out_dir / "last.pt"
             if last.is_file() and load_checkpoint(last).get("finished"):
-                log.info("fold %d already finished; skipping", k)
+                if only_folds is None or k in only_folds:
+                    log.info("fold %d already finished; skipping", k)
                 summary[out_dir.name] = load_checkpoint(out_dir / "best.pt")["val_metrics"]
+                continue
+            if only_folds is not None and k not in only_folds:
+                left.append(k)          # another process's, or still to train
                 continue
             log.info("fold %d: %d train / %d val records", k, len(train_idx), len(val_idx))
             trainer = Trainer(cfg, data, {"train": train_idx, "val": val_idx, "test": splits["test"]}, out_dir, k)
             summary[out_dir.name] = trainer.fit()
+        if left:
+            log.info("fold(s) %s not finished yet (not in --only-folds); evaluate once they are: "
+                     "--resume %s [--only-folds ...]", " ".join(map(str, left)), run_dir)
         if main:
-            write_json(summary, run_dir / "val_summary.json")
+            # sorted: folds finished by parallel processes arrive out of order
+            write_json(dict(sorted(summary.items())), run_dir / "val_summary.json")
             _record_wall_time(run_dir, time.time() - started)
     finally:
         if handler:

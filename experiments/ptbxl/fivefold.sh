@@ -9,6 +9,9 @@
 # NAME is a config in cfgs/ptbxl/ without .yaml; the run goes to RUNS_DIR/NAME_5fold, its log to
 # RUNS_DIR/NAME_5fold.out. A run whose test report exists is left alone (the test split is read once per
 # run); a failed or stopped training stops the script before anything is evaluated.
+# PROCESSES=P (default 1) trains the folds in P processes at once (train.py --only-folds; process i takes
+# folds i, i+P, ...; their logs: NAME_5fold.out, NAME_5fold.p1.out, ...): on C cores, P processes of
+# OMP_NUM_THREADS=C/P threads finish the 5 models sooner than one process of C threads.
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
@@ -30,14 +33,29 @@ for name in "$@"; do
     echo ">> $run: already evaluated on the test split; left alone"
     continue
   fi
-  if [[ -f "$run/config.yaml" ]]; then
-    echo ">> $run: continuing (--resume)"
-    "$python" "$repo/tools/train.py" --resume "$run" >> "$run.out" 2>&1
-  else
-    echo ">> $run: training 5 folds"
-    "$python" "$repo/tools/train.py" --config "$repo/cfgs/ptbxl/$name.yaml" --folds 5 --work-dir "$run" \
-      --opts data.root="$data" train.tensorboard=false > "$run.out" 2>&1
-  fi
+  processes=${PROCESSES:-1}
+  pids=()
+  for ((i = 0; i < processes; i++)); do
+    log=$run.out; [[ $i -gt 0 ]] && log=$run.p$i.out
+    only=(); [[ $processes -gt 1 ]] && only=(--only-folds $(seq $i "$processes" 4))
+    if [[ -f "$run/config.yaml" ]]; then
+      echo ">> $run: continuing (--resume ${only[*]})"
+      "$python" "$repo/tools/train.py" --resume "$run" "${only[@]}" >> "$log" 2>&1 &
+    else
+      echo ">> $run: training 5 folds ${only[*]}"
+      "$python" "$repo/tools/train.py" --config "$repo/cfgs/ptbxl/$name.yaml" --folds 5 --work-dir "$run" \
+        "${only[@]}" --opts data.root="$data" train.tensorboard=false > "$log" 2>&1 &
+      # the others resume the run this one starts, once its split is written (the data read and cached once)
+      while [[ ! -f "$run/splits.json" ]]; do
+        kill -0 $! 2>/dev/null || { wait $! || true; echo "error: $run: training stopped before the split; see $log" >&2; exit 1; }
+        sleep 5
+      done
+    fi
+    pids+=($!)
+  done
+  failed=0
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  [[ $failed -eq 0 ]] || { echo "error: $run: a training process failed or was stopped; see $run*.out" >&2; exit 1; }
   echo ">> $run: scoring the folds and their ensembles on the test split (once)"
   "$python" "$repo/tools/evaluate.py" --ckpt "$run" > "${run}_eval.out" 2>&1
   tail -n 1 "${run}_eval.out"
