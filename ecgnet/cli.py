@@ -210,11 +210,16 @@ def compare_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", metavar="FILE",
                         help="goals to mark met or not, each read from one run's report "
                              "(e.g. experiments/targets.yaml)")
+    parser.add_argument("--records", metavar="DIR",
+                        help="keep a copy of the files each row is read from (config.yaml, env.json, "
+                             "eval/*/metrics.json, eval/*/eval_info.json) under DIR/RUN_PATH, and read a run whose "
+                             "directory is not on this machine from there (e.g. experiments/records)")
     args = parser.parse_args(argv)
     _setup_logging(False)
 
     def run():
         from .compare import REFERENCES, compare, fmt_command
         command = fmt_command(sys.argv if argv is None else ["tools/compare_runs.py", *argv])
-        compare(args.runs, args.metric, args.md, args.runs_file, args.references or REFERENCES, command, args.targets)
+        compare(args.runs, args.metric, args.md, args.runs_file, args.references or REFERENCES, command, args.targets,
+                args.records)
     return guarded(run)

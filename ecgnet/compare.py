@@ -5,6 +5,9 @@
 
 Reads only what train.py and evaluate.py wrote (``config.yaml``, ``env.json``,
 ``eval/<split>/{metrics.json,eval_info.json}``), so a table can always be rebuilt from the runs.
+``--records DIR`` keeps a copy of those files per run (a few hundred kB, no weights) for a results file that
+must outlive the machine the runs were made on: a run directory that is here refreshes its copy, one that is
+not is read from it.
 Runs of different datasets (``data.type`` + ``data.task``) get a table each. ``--targets`` adds a
 table of goals (a published reference and the number to reach), each read from one run's report
 and marked met or not (see ``load_targets``).
@@ -17,6 +20,7 @@ import json
 import logging
 import re
 import shlex
+import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +99,31 @@ def load_run(path: Path, splits: set[str]) -> Run:
     metrics = {s: _read_json(path / "eval" / s / "metrics.json") for s in splits}
     info = {s: _read_json(path / "eval" / s / "eval_info.json") for s in splits}
     return Run(path, flatten(cfg), _read_json(path / "env.json"), metrics, info)
+
+
+RECORD_FILES = ("config.yaml", "env.json", "eval/*/metrics.json", "eval/*/eval_info.json")
+
+
+def record_dir(run: Path, records: Path) -> Path:
+    """Where a run's record lives: the run's path as given (relative to the working directory) under ``records``."""
+    return records / Path(*[p for p in run.parts if p not in (run.anchor, "..", ".")])
+
+
+def use_record(run: Path, records: Path | None) -> Path:
+    """The directory to read a run from: the run itself, its record copy refreshed first (the files compare
+    reads, nothing else), or its record when the run directory is not on this machine."""
+    if records is None:
+        return run
+    record = record_dir(run, records)
+    if run.is_dir():
+        files = [f for pattern in RECORD_FILES for f in sorted(run.glob(pattern))]
+        if files:
+            shutil.rmtree(record, ignore_errors=True)     # a report deleted from the run leaves the record too
+            for f in files:
+                (record / f.relative_to(run)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, record / f.relative_to(run))
+        return run
+    return record if record.is_dir() else run
 
 
 def read_run_list(run_dirs: list[str], runs_file: str | None) -> list[Path]:
@@ -225,6 +254,7 @@ class TargetRow:
     value: float | None
     ci: tuple | None
     status: str
+    carried: tuple | None = None    # (run, measured, status) cells of the previous Markdown
 
 
 def load_targets(path: str | Path | None) -> list[dict]:
@@ -259,11 +289,15 @@ def load_targets(path: str | Path | None) -> list[dict]:
     return entries
 
 
-def score_target(entry: dict) -> TargetRow:
-    """One goal against its run's report: met, not met, not run or not evaluated."""
+def score_target(entry: dict, records: Path | None = None, previous: Previous | None = None) -> TargetRow:
+    """One goal against its run's report: met, not met, not run or not evaluated; a run that is neither
+    here nor recorded keeps its row of the previous Markdown, if that has one (``previous``)."""
     if not entry["run"]:
         return TargetRow(entry, None, None, None, "not run")
-    run = Path(entry["run"])
+    run = use_record(Path(entry["run"]), records)
+    if previous and not run.exists() and entry["target"] in previous.targets:
+        return TargetRow(entry, None, None, None, previous.targets[entry["target"]][2],
+                         carried=previous.targets[entry["target"]])
     split, key = entry["metric"].split("/", 1)
     report = run / "eval" / (entry.get("report") or split)
     # a run directory, or an ensemble's report folder (evaluate --ckpt RUN_A RUN_B --out DIR/eval/test)
@@ -298,21 +332,109 @@ def format_targets(rows: list[TargetRow], markdown: bool) -> list[str]:
                                                               else "")
         if e.get("report"):
             run += f", eval/{e['report']}"
+        measured = fmt_cell(row.value, row.ci, None)
+        if row.carried:
+            run, measured = row.carried[0] + " " + CARRIED, row.carried[1]
         status = row.status
         if e.get("note"):
             notes.append(e["note"].strip())
             status += f" [{len(notes)}]"
-        lines.append([e["target"], run, fmt_cell(row.value, row.ci, None), _fmt(e["reference"]), goal, status])
+        lines.append([e["target"], run, measured, _fmt(e["reference"]), goal, status])
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines]
-        out += ["", "measured: value [95 % bootstrap CI] from the run's report; -: no run yet.", ""]
+        out += ["", "measured: value [95 % bootstrap CI] from the run's report; -: no run yet"
+                + (f"; {CARRIED}: {CARRIED_WHY}" if any(r.carried for r in rows) else "") + ".", ""]
         if notes:
             out += ["Notes:", ""] + [f"{i}. {note}" for i, note in enumerate(notes, 1)] + [""]
         return out
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *lines]]
     return out + [f"  [{i}] {note}" for i, note in enumerate(notes, 1)] + [""]
+
+
+# ---------------------------------------------------------------- rows carried over
+
+CARRIED = "†"
+CARRIED_WHY = ("carried over from the previous version of this file: the run directory and its record are not "
+               "on the machine that wrote it")
+
+
+@dataclass
+class Previous:
+    """What a Markdown file written by ``format_markdown`` says, for runs that can no longer be read."""
+    targets: dict       # target -> (run, measured, status) cells, the run's mark and the status's note number removed
+    sections: dict      # title -> {"tables": [{"header": [2 lines], "rows": {run: [lines]}, "legend": line}],
+                        #           "references": {line: None}, "commands": {run: line}}
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def read_previous(path: Path) -> Previous:
+    """The targets table, and each dataset section's tables (rows by run name, with their header and legend)
+    and commands, of a Markdown file this module wrote."""
+    targets, sections = {}, {}
+    title, table, last = None, None, None
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            title, table, last = line[3:], None, None
+            if title != "Targets":
+                sections.setdefault(title, {"tables": [], "references": {}, "commands": {}})
+        elif title is None:
+            continue
+        elif line.startswith("|"):
+            cells = _cells(line)
+            if title == "Targets":
+                if cells[0] != "target" and not line.startswith("|---"):
+                    targets[cells[0]] = (cells[1].removesuffix(" " + CARRIED), cells[2],
+                                         re.sub(r" \[\d+\]$", "", cells[5]))
+            elif table is None:
+                table = {"header": [line], "rows": {}, "legend": ""}
+                sections[title]["tables"].append(table)
+            elif len(table["header"]) < 2:
+                table["header"].append(line)
+            else:
+                table["rows"].setdefault(cells[0], []).append(line)
+        else:
+            last, table = table or last, None
+            if title != "Targets" and last and not last["legend"] and line.startswith(("value [", "fold mean", "wall:")):
+                last["legend"] = line
+            elif title != "Targets" and line.startswith("- `") and "`" in line[3:]:
+                sections[title]["commands"][line[3:line.index("`", 3)]] = line
+            elif title != "Targets" and line.startswith("- "):       # a published number the rows refer to
+                sections[title]["references"][line] = None
+    return Previous(targets, sections)
+
+
+def carried_runs(names: list[str], previous: Previous | None, md: str | None) -> dict[str, list[str]]:
+    """Section title -> the runs whose rows come from the previous Markdown. A run without a row there
+    (one the previous file skipped, e.g. evaluated on val only) is skipped with a warning, as then."""
+    out = {}
+    for name in names:
+        title = next((t for t, sec in (previous.sections.items() if previous else ())
+                      if any(name in table["rows"] for table in sec["tables"])), None)
+        if title is None:
+            log.warning("skipped %s: no run directory here, no record of it, no row of it in %s", name, md)
+            continue
+        out.setdefault(title, []).append(name)
+    return out
+
+
+def _carried_block(section: dict, names: list[str]) -> list[str]:
+    """The carried runs of one section: their old rows under the header of the table they were in."""
+    lines = [f"{CARRIED} Carried over from the previous version of this file (the run directories and their records "
+             "are not on the machine that wrote it):", ""]
+    for table in section["tables"]:      # in the previous file's order (sorted by its first metric)
+        rows = [row for name, lines_ in table["rows"].items() if name in names for row in lines_]
+        if rows:
+            lines += [*table["header"], *rows, ""] + ([table["legend"], ""] if table["legend"] else [])
+    if section["references"]:
+        lines += ["References:", "", *section["references"], ""]
+    commands = [line for name, line in section["commands"].items() if name in names]
+    return lines + ["Commands:", "", *commands] + [f"- `{name}`: command not recorded" for name in names
+                                                   if name not in section["commands"]] + [""]
 
 
 # ---------------------------------------------------------------- formatting
@@ -447,13 +569,22 @@ def format_text(tables: list[Table]) -> str:
     return "\n".join(out)
 
 
-def format_markdown(tables: list[Table], command: str | None = None, targets: list[TargetRow] | None = None) -> str:
+def format_markdown(tables: list[Table], command: str | None = None, targets: list[TargetRow] | None = None,
+                    carried: dict[str, list[str]] | None = None, previous: Previous | None = None) -> str:
+    """``carried``: section title -> runs whose rows, as ``previous`` has them, follow the section's table."""
+    carried = carried or {}
     out = ["# Results", ""]
     if command:
-        out += [f"Generated by `{command}` from the run directories alone; regenerate rather than edit.", ""]
+        source = "the run directories and their records" if "--records" in command else "the run directories alone"
+        out += [f"Generated by `{command}` from {source}; regenerate rather than edit.", ""]
     if targets:
         out += ["## Targets", ""] + format_targets(targets, markdown=True)
-    for table in tables:
+    live = {table.title: table for table in tables}
+    for title in sorted(set(live) | set(carried)):
+        if title not in live:
+            out += [f"## {title}", ""] + _carried_block(previous.sections[title], carried[title])
+            continue
+        table = live[title]
         runs = list({r.run.path: r.run for r in table.rows}.values())
         labels = _run_labels(runs)
         out += [f"## {table.title}", "", "| " + " | ".join(table.header()) + " |",
@@ -474,6 +605,8 @@ def format_markdown(tables: list[Table], command: str | None = None, targets: li
                 + (f"`{fmt_command(r.info[split]['command'])}`" if r.info[split].get("command")
                    else "evaluate command not recorded (no eval_info.json)") for r in runs]
         out.append("")
+        if title in carried:
+            out += _carried_block(previous.sections[title], carried[title])
     return "\n".join(out)
 
 
@@ -506,13 +639,24 @@ def _evaluated(runs: list[Run], splits: set[str]) -> list[Run]:
 
 def compare(run_dirs: list[str], metrics: list[str] | None = None, md: str | None = None,
             runs_file: str | None = None, references: str | Path | None = REFERENCES,
-            command: str | None = None, targets: str | Path | None = None) -> list[Table]:
-    """Print one table per dataset (and the targets), optionally write them as Markdown; returns the tables."""
+            command: str | None = None, targets: str | Path | None = None,
+            records: str | Path | None = None) -> list[Table]:
+    """Print one table per dataset (and the targets), optionally write them as Markdown; returns the tables.
+    ``records``: keep and read run records there (see ``use_record``)."""
     if metrics:
         _check_metric_names(metrics)
-    target_rows = [score_target(entry) for entry in load_targets(targets)]
+    records = Path(records) if records is not None else None
+    # with records, a run that is neither here nor recorded keeps its rows of the file being rewritten
+    previous = read_previous(Path(md)) if records is not None and md and Path(md).is_file() else None
+    target_rows = [score_target(entry, records, previous) for entry in load_targets(targets)]
     splits = {m.split("/", 1)[0] for m in metrics or DEFAULT_METRICS}
-    runs = _evaluated([load_run(p, splits) for p in read_run_list(run_dirs, runs_file)], splits)
+    located = [use_record(p, records) for p in read_run_list(run_dirs, runs_file)]
+    gone = [p for p in located if previous and not p.exists()]
+    carried = carried_runs([p.name for p in gone], previous, md)
+    if gone:
+        log.warning("%d run(s) neither here nor under %s: their rows are carried over from %s (marked %s): %s",
+                    len(gone), records, md, CARRIED, " ".join(p.name for p in gone))
+    runs = _evaluated([load_run(p, splits) for p in located if p not in gone], splits)
     if metrics:
         available = {f"{s}/{k}" for r in runs for s in splits for m in r.metrics[s].values() for k in m
                      if _number(m, k) is not None and k != "n"}
@@ -528,6 +672,6 @@ def compare(run_dirs: list[str], metrics: list[str] | None = None, md: str | Non
     print(format_text(tables), end="")
     if md:
         Path(md).parent.mkdir(parents=True, exist_ok=True)
-        Path(md).write_text(format_markdown(tables, command, target_rows))
+        Path(md).write_text(format_markdown(tables, command, target_rows, carried, previous))
         print(f"\nwrote {md}")
     return tables

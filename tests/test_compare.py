@@ -1,6 +1,7 @@
 """compare_runs: tables from fixture run directories (config.yaml, env.json, eval/test/*.json)."""
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ecgnet.compare import compare, find_reference, fmt_cell, fmt_command, fmt_duration, load_references
+from ecgnet.compare import CARRIED, compare, find_reference, fmt_cell, fmt_command, fmt_duration, load_references
 from ecgnet.registry import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,3 +278,61 @@ def test_targets_are_marked_met_or_not_from_each_runs_report(tmp_path, monkeypat
                                         "run": None}]))
     with pytest.raises(ConfigError, match="goal must be a number, within_ci or null"):
         compare([str(good)], targets=str(targets))
+
+
+def test_records_rebuild_the_results_without_the_run_directories(tmp_path, monkeypatch):
+    # what compare reads is copied under --records; a machine without the runs rebuilds the same file from it
+    monkeypatch.chdir(tmp_path)
+    make_run(tmp_path / "runs", "single", {}, {"model": metrics(0.91, 0.70)})
+    kfold = make_run(tmp_path / "runs", "kfold", {"kfold.folds": 3},
+                     {"ensemble_vote": metrics(0.93, 0.75), "fold0": metrics(0.92, 0.71)})
+    (kfold / "fold0").mkdir()
+    (kfold / "fold0" / "best.pt").write_bytes(b"weights")                  # never copied
+    (kfold / "eval" / "val").mkdir()
+    (kfold / "eval" / "val" / "metrics.json").write_text(json.dumps({"ensemble_vote": metrics(0.94, 0.8)}))
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(yaml.safe_dump([{"target": "ensemble", "metric": "test/macro_auroc", "reference": 0.9,
+                                        "goal": 0.92, "run": "runs/kfold"}]))
+    args = dict(md="R.md", targets=str(targets), records="records", references=None)
+    compare(["runs/single", "runs/kfold"], **args)
+    first = Path("R.md").read_text()
+    assert sorted(str(p.relative_to("records")) for p in Path("records").rglob("*") if p.is_file()) == [
+        "runs/kfold/config.yaml", "runs/kfold/env.json", "runs/kfold/eval/test/eval_info.json",
+        "runs/kfold/eval/test/metrics.json", "runs/kfold/eval/val/metrics.json",
+        "runs/single/config.yaml", "runs/single/env.json", "runs/single/eval/test/eval_info.json",
+        "runs/single/eval/test/metrics.json"]
+    assert "| ensemble | kfold (ensemble_vote) | 0.930 [0.910, 0.945] |" in first and CARRIED not in first
+    shutil.rmtree("runs")
+    compare(["runs/single", "runs/kfold"], **args)
+    assert Path("R.md").read_text() == first
+
+
+def test_rows_of_runs_gone_without_a_record_are_carried_over_marked(tmp_path, monkeypatch, caplog):
+    # runs made before records existed: their rows in the file being rewritten are kept, marked, and a fixed point
+    monkeypatch.chdir(tmp_path)
+    make_run(tmp_path / "runs", "old", {}, {"model": metrics(0.91, 0.70)})
+    make_run(tmp_path / "runs", "old_cinc", {"data.type": "cinc17"}, {"model": metrics(0.88, 0.60)})
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(yaml.safe_dump([
+        {"target": "old goal", "metric": "test/macro_auroc", "reference": 0.9, "goal": 0.95, "run": "runs/old",
+         "note": "why not"},
+        {"target": "new goal", "metric": "test/macro_auroc", "reference": 0.9, "goal": 0.9, "run": "runs/new"}]))
+    compare(["runs/old", "runs/old_cinc"], md="R.md", targets=str(targets), references=None)   # no records yet
+    before = Path("R.md").read_text()
+    shutil.rmtree("runs")
+    make_run(tmp_path / "runs", "new", {"model.dropout": 0.3}, {"model": metrics(0.93, 0.72)})
+    compare(["runs/old", "runs/old_cinc", "runs/new"], md="R.md", targets=str(targets), records="records",
+            references=None)
+    text = Path("R.md").read_text()
+    assert "| old goal | old † | 0.910 [0.890, 0.925] | 0.900 | >= 0.950 | not met [1] |" in text
+    assert "| new goal | new | 0.930 [0.910, 0.945] | 0.900 | >= 0.900 | met |" in text
+    assert "carried over from" in caplog.text and "old old_cinc" in caplog.text
+    synthetic = text[text.index("## synthetic"):]
+    live, carried = synthetic.split("† Carried over")
+    assert "| new |" in live and "| old |" not in live
+    old_row = next(line for line in before.splitlines() if line.startswith("| old |"))
+    assert old_row in carried and "- `old`: `python tools/train.py" in carried
+    assert "## cinc17" in text and next(line for line in before.splitlines() if line.startswith("| old_cinc |")) in text
+    compare(["runs/old", "runs/old_cinc", "runs/new"], md="R.md", targets=str(targets), records="records",
+            references=None)
+    assert Path("R.md").read_text() == text                               # regenerating changes nothing
