@@ -1,5 +1,7 @@
 """End to end: train, resume, k-fold, evaluate from a checkpoint alone, CLI errors."""
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,7 @@ import torch
 
 from ecgnet.config import load_config
 from ecgnet.data.dataset import TrainWindows
-from ecgnet.engine.checkpoint import load_checkpoint
+from ecgnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from ecgnet.engine.evaluate import evaluate
 from ecgnet.engine.run import resume, train
 from ecgnet.registry import DataError
@@ -186,6 +188,19 @@ def test_folds_trained_by_separate_processes_match_one_run(kfold_run, small_cfg,
     assert (run / "fold2" / "best.pt").is_file() and not (run / "fold0").exists()
     assert list(json.loads((run / "val_summary.json").read_text())) == ["fold2"]
     first_wall = json.loads((run / "env.json").read_text())["train_wall_s"]
+    with pytest.raises(DataError, match=r"folds 0, 1 of its 3 have no best.pt yet"):
+        evaluate(run, "test", tmp_path / "early")
+    # folds the other process is still training: best.pt written, not finished -> refused, naming the run
+    state = load_checkpoint(run / "fold2" / "best.pt")
+    state["finished"] = False
+    for k in (0, 1):
+        (run / f"fold{k}").mkdir()
+        save_checkpoint(state, run / f"fold{k}" / "best.pt")
+    with pytest.raises(DataError, match=rf"fold0/best.pt: training did not finish .* --resume {re.escape(str(run))}, "
+                                        "or wait for the process still training it"):
+        evaluate(run, "test", tmp_path / "early")
+    for k in (0, 1):
+        shutil.rmtree(run / f"fold{k}")
     resume(run, only_folds=[1, 0])
     for k in range(3):
         a, b = _weights(kfold_run / f"fold{k}" / "best.pt"), _weights(run / f"fold{k}" / "best.pt")

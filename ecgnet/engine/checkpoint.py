@@ -59,8 +59,9 @@ def load_finished(paths: list[Path]) -> list[dict]:
     states = [load_checkpoint(p) for p in paths]
     for p, s in zip(paths, states):
         if not s.get("finished"):
-            raise DataError(f"{p}: training did not finish (no tuned thresholds); "
-                            f"finish it with tools/train.py --resume {p.parent}")
+            run = p.parent.parent if re.fullmatch(r"fold\d+", p.parent.name) else p.parent   # --resume takes the run
+            raise DataError(f"{p}: training did not finish (no tuned thresholds); finish it with tools/train.py "
+                            f"--resume {run}, or wait for the process still training it")
     return states
 
 

@@ -48,7 +48,9 @@ def find_checkpoints(path: str | Path, several: bool = False) -> tuple[Path, lis
     if not folds:
         raise DataError(f"--ckpt {path}: no best.pt or fold*/best.pt inside; point it at a run directory or a .pt file")
     planned = _planned_folds(path)
-    untrained = [k for k, d in enumerate(model_dirs(path, planned)) if not (d / "best.pt").is_file()] if planned > 1 else []
+    untrained = []
+    if planned > 1:     # model_dirs of a 0/1-fold config is the run itself, which has no best.pt here
+        untrained = [k for k, d in enumerate(model_dirs(path, planned)) if not (d / "best.pt").is_file()]
     if untrained:
         # an ensemble of the trained folds alone would be scored (and the test split read) as if it were the run's
         which = (f"fold {untrained[0]} of its {planned} has" if len(untrained) == 1 else
