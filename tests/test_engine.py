@@ -14,6 +14,7 @@ from ecgnet.data.dataset import TrainWindows
 from ecgnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from ecgnet.engine.evaluate import evaluate
 from ecgnet.engine.run import resume, train
+from ecgnet.engine.trainer import Trainer
 from ecgnet.registry import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,8 +182,9 @@ def test_resume_of_finished_run_retrains_nothing(kfold_run):
     assert before == {p: p.stat().st_mtime_ns for p in kfold_run.glob("fold*/best.pt")}
 
 
-def test_folds_trained_by_separate_processes_match_one_run(kfold_run, small_cfg, tmp_path):
-    # --only-folds: one process starts the run with fold 2, another trains folds 0 and 1 with --resume
+def test_folds_trained_by_separate_processes_match_one_run(kfold_run, small_cfg, tmp_path, monkeypatch):
+    # --only-folds: one process starts the run with fold 2, a second trains fold 1 with --resume and, while it
+    # does, a third trains fold 0
     run = train(load_config(small_cfg, ["train.epochs=8"]), work_dir=str(tmp_path / "parallel"), folds=3,
                 only_folds=[2])
     assert (run / "fold2" / "best.pt").is_file() and not (run / "fold0").exists()
@@ -201,12 +203,23 @@ def test_folds_trained_by_separate_processes_match_one_run(kfold_run, small_cfg,
         evaluate(run, "test", tmp_path / "early")
     for k in (0, 1):
         shutil.rmtree(run / f"fold{k}")
-    resume(run, only_folds=[1, 0])
+    fit = Trainer.fit
+
+    def third_process_meanwhile(self):
+        if self.fold == 1:
+            monkeypatch.setattr(Trainer, "fit", fit)
+            resume(run, only_folds=[0])
+            assert list(json.loads((run / "val_summary.json").read_text())) == ["fold0", "fold2"]
+        return fit(self)
+
+    monkeypatch.setattr(Trainer, "fit", third_process_meanwhile)
+    resume(run, only_folds=[1])
     for k in range(3):
         a, b = _weights(kfold_run / f"fold{k}" / "best.pt"), _weights(run / f"fold{k}" / "best.pt")
         assert all(torch.equal(a[name], b[name]) for name in a), f"fold{k}"
+    # the second process passed fold 0 unfinished, yet lists it: the summary is read when it ends
     assert list(json.loads((run / "val_summary.json").read_text())) == ["fold0", "fold1", "fold2"]
-    assert json.loads((run / "env.json").read_text())["train_wall_s"] > first_wall   # both processes' time
+    assert json.loads((run / "env.json").read_text())["train_wall_s"] > first_wall   # all processes' time
 
 
 def run_tool(*args, cwd=REPO):

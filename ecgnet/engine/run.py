@@ -224,6 +224,11 @@ def _check_unchanged(cfg: dict, trained: dict, path: Path, ckpt: Path) -> None:
                           f"run from these weights with --config {path} --opts model.init_from={ckpt.parent}")
 
 
+def _finished(model_dir: Path) -> bool:
+    last = model_dir / "last.pt"
+    return last.is_file() and bool(load_checkpoint(last).get("finished"))
+
+
 def _record_wall_time(run_dir: Path, seconds: float) -> None:
     """Add this session's training time to env.json (a resumed run adds up its sessions; processes
     training folds of one run in parallel add up theirs, so it is the compute time, not the span)."""
@@ -287,26 +292,24 @@ def _run(cfg: dict, run_dir: Path, only_folds: list[int] | None = None) -> Path:
         log.info("%d records (%s), %d classes, %d test; %d model(s)", len(ids),
                  "multi-label" if data.records.multilabel else "single-label", data.records.num_classes,
                  len(splits["test"]), len(splits["folds"]))
-        summary, left = {}, []
         for k, (out_dir, (train_idx, val_idx)) in enumerate(zip(model_dirs(run_dir, folds), splits["folds"])):
-            last = out_dir / "last.pt"
-            if last.is_file() and load_checkpoint(last).get("finished"):
+            if _finished(out_dir):
                 if only_folds is None or k in only_folds:
                     log.info("fold %d already finished; skipping", k)
-                summary[out_dir.name] = load_checkpoint(out_dir / "best.pt")["val_metrics"]
                 continue
             if only_folds is not None and k not in only_folds:
-                left.append(k)          # another process's, or still to train
-                continue
+                continue                # another process's, or left for a later call
             log.info("fold %d: %d train / %d val records", k, len(train_idx), len(val_idx))
-            trainer = Trainer(cfg, data, {"train": train_idx, "val": val_idx, "test": splits["test"]}, out_dir, k)
-            summary[out_dir.name] = trainer.fit()
+            Trainer(cfg, data, {"train": train_idx, "val": val_idx, "test": splits["test"]}, out_dir, k).fit()
+        # read at the end: folds that other processes finished meanwhile count too
+        dirs = model_dirs(run_dir, folds)
+        left = [k for k, d in enumerate(dirs) if not _finished(d)]
         if left:
             log.info("fold(s) %s not finished yet (not in --only-folds); evaluate once they are: "
                      "--resume %s [--only-folds ...]", " ".join(map(str, left)), run_dir)
         if main:
-            # sorted: folds finished by parallel processes arrive out of order
-            write_json(dict(sorted(summary.items())), run_dir / "val_summary.json")
+            summary = {d.name: load_checkpoint(d / "best.pt")["val_metrics"] for d in dirs if _finished(d)}
+            write_json(summary, run_dir / "val_summary.json")
             _record_wall_time(run_dir, time.time() - started)
     finally:
         if handler:
