@@ -477,17 +477,18 @@ def fmt_command(argv) -> str:
     """env.json's sys.argv as a command to paste: 'python tools/train.py ...' or 'ecgnet-train ...'.
 
     A tools/ script started by its absolute path (a wrapper such as experiments/ptbxl/fivefold.sh does that)
-    is shown as run from the repository root, like the other commands, not with this machine's checkout path.
+    is shown as run from the repository root, like the other commands, not with this machine's checkout path;
+    so are the arguments inside that checkout (``--config /checkout/cfgs/x.yaml`` -> ``cfgs/x.yaml``).
     """
     if not argv:
         return "-"
-    script = Path(str(argv[0]))
-    if script.suffix == ".py":
-        head = f"python tools/{script.name}" if script.is_absolute() and script.parent.name == "tools" \
-            else f"python {argv[0]}"
+    script, args = Path(str(argv[0])), [str(a) for a in argv[1:]]
+    if script.suffix == ".py" and script.is_absolute() and script.parent.name == "tools":
+        head, checkout = f"python tools/{script.name}", f"{script.parent.parent}/"
+        args = [a.removeprefix(checkout) for a in args]
     else:
-        head = script.name
-    return " ".join([head, *map(shlex.quote, map(str, argv[1:]))])
+        head = f"python {argv[0]}" if script.suffix == ".py" else script.name
+    return " ".join([head, *map(shlex.quote, args)])
 
 
 @dataclass

@@ -123,6 +123,8 @@ def test_commands_read_as_run_from_the_repository_root():
     # checkout's path; console scripts show their name
     assert fmt_command(["tools/train.py", "--config", "a b.yaml"]) == "python tools/train.py --config 'a b.yaml'"
     assert fmt_command(["/work/snap/tools/evaluate.py", "--ckpt", "r"]) == "python tools/evaluate.py --ckpt r"
+    assert (fmt_command(["/work/snap/tools/train.py", "--config", "/work/snap/cfgs/x.yaml", "--work-dir", "/work/r"])
+            == "python tools/train.py --config cfgs/x.yaml --work-dir /work/r")
     assert fmt_command(["/work/scripts/mine.py"]) == "python /work/scripts/mine.py"
     assert fmt_command(["/usr/bin/ecgnet-train", "--folds", "5"]) == "ecgnet-train --folds 5"
     assert fmt_command(None) == "-"
