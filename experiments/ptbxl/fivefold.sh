@@ -22,6 +22,8 @@ data=$1 runs=$2
 shift 2
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 python=${PYTHON:-python}
+processes=${PROCESSES:-1}
+[[ $processes =~ ^[1-5]$ ]] || { echo "error: PROCESSES=$processes: give 1 to 5 (one fold or more each)" >&2; exit 2; }
 for name in "$@"; do
   [[ -f "$repo/cfgs/ptbxl/$name.yaml" ]] || { echo "error: $repo/cfgs/ptbxl/$name.yaml: no such config" >&2; exit 2; }
 done
@@ -33,7 +35,6 @@ for name in "$@"; do
     echo ">> $run: already evaluated on the test split; left alone"
     continue
   fi
-  processes=${PROCESSES:-1}
   pids=()
   for ((i = 0; i < processes; i++)); do
     log=$run.out; [[ $i -gt 0 ]] && log=$run.p$i.out
