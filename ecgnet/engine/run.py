@@ -302,13 +302,14 @@ def _run(cfg: dict, run_dir: Path, only_folds: list[int] | None = None) -> Path:
             log.info("fold %d: %d train / %d val records", k, len(train_idx), len(val_idx))
             Trainer(cfg, data, {"train": train_idx, "val": val_idx, "test": splits["test"]}, out_dir, k).fit()
         # read at the end: folds that other processes finished meanwhile count too
-        dirs = model_dirs(run_dir, folds)
-        left = [k for k, d in enumerate(dirs) if not _finished(d)]
+        finished = [_finished(d) for d in model_dirs(run_dir, folds)]     # each last.pt loaded once
+        left = [k for k, done in enumerate(finished) if not done]
         if left:
             log.info("fold(s) %s not finished yet (not in --only-folds); evaluate once they are: "
                      "--resume %s [--only-folds ...]", " ".join(map(str, left)), run_dir)
         if main:
-            summary = {d.name: load_checkpoint(d / "best.pt")["val_metrics"] for d in dirs if _finished(d)}
+            summary = {d.name: load_checkpoint(d / "best.pt")["val_metrics"]
+                       for d, done in zip(model_dirs(run_dir, folds), finished) if done}
             write_json(summary, run_dir / "val_summary.json")
             _record_wall_time(run_dir, time.time() - started)
     finally:
