@@ -12,6 +12,8 @@
 # PROCESSES=P (default 1) trains the folds in P processes at once (train.py --only-folds; process i takes
 # folds i, i+P, ...; their logs: NAME_5fold.out, NAME_5fold.p1.out, ...): on C cores, P processes of
 # OMP_NUM_THREADS=C/P threads finish the 5 models sooner than one process of C threads.
+# OPTS="key=value ..." adds --opts to a run's start (e.g. OPTS="train.amp=false" for an ablation); a continued
+# run keeps the options it was started with.
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
@@ -24,6 +26,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 python=${PYTHON:-python}
 processes=${PROCESSES:-1}
 [[ $processes =~ ^[1-5]$ ]] || { echo "error: PROCESSES=$processes: give 1 to 5 (one fold or more each)" >&2; exit 2; }
+read -ra opts <<< "${OPTS:-}"    # split on spaces (write a list as [1,2]), without glob expansion
 for name in "$@"; do
   [[ -f "$repo/cfgs/ptbxl/$name.yaml" ]] || { echo "error: $repo/cfgs/ptbxl/$name.yaml: no such config" >&2; exit 2; }
 done
@@ -45,7 +48,7 @@ for name in "$@"; do
     else
       echo ">> $run: training 5 folds ${only[*]}"
       "$python" "$repo/tools/train.py" --config "$repo/cfgs/ptbxl/$name.yaml" --folds 5 --work-dir "$run" \
-        "${only[@]}" --opts data.root="$data" train.tensorboard=false > "$log" 2>&1 &
+        "${only[@]}" --opts data.root="$data" train.tensorboard=false "${opts[@]}" > "$log" 2>&1 &
       # the others resume the run this one starts, once its split is written (the data read and cached once)
       while [[ ! -f "$run/splits.json" ]]; do
         kill -0 $! 2>/dev/null || { wait $! || true; echo "error: $run: training stopped before the split; see $log" >&2; exit 1; }

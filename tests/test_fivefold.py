@@ -1,0 +1,82 @@
+"""experiments/ptbxl/fivefold.sh, the script behind the PTB-XL 5-fold ensembles in RESULTS.md: two processes
+share one run, the test split is scored once after both finish, and a scored run is left alone. A small
+PTB-XL fixture in the PhysioNet layout and a tiny resnet1d (OPTS) keep it to seconds."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from test_ptbxl import STATEMENT_COLUMNS, STATEMENTS, ecg, record_name, write_record
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "experiments" / "ptbxl" / "fivefold.sh"
+CODES = ["{'NORM': 100.0}", "{'IMI': 100.0}", "{'NDT': 100.0}", "{'LAFB': 100.0}", "{'LVH': 100.0}"]
+TINY = ("model.num_blocks=2 model.base_width=8 model.kernel_size=5 train.epochs=1 train.batch_size=8 "
+        "schedule.warmup_epochs=0 schedule.cooldown_epochs=1 eval.bootstrap=0 preprocess.cache_dir=null")
+
+
+@pytest.fixture(scope="module")
+def ptbxl(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fivefold") / "ptbxl"
+    root.mkdir()
+    pd.DataFrame.from_dict(STATEMENTS, orient="index", columns=STATEMENT_COLUMNS).to_csv(root / "scp_statements.csv")
+    # 40 records of 40 patients: 4 per strat_fold, every superdiagnostic class in every fold
+    rows = [{"ecg_id": e, "patient_id": float(1000 + e), "recording_date": "1990-01-01 09:00:00",
+             "scp_codes": CODES[e % 5], "strat_fold": (e - 1) // 4 + 1, "filename_lr": record_name(e, 100),
+             "filename_hr": record_name(e, 500)} for e in range(1, 41)]
+    pd.DataFrame(rows).to_csv(root / "ptbxl_database.csv", index=False)
+    for row in rows:
+        write_record(root, row["ecg_id"], 100, ecg(row["ecg_id"], 100))
+    return root
+
+
+def fivefold(root: Path, runs: Path, *names: str, processes: str = "2", opts: str = TINY):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, "PROCESSES": processes, "OPTS": opts}
+    return subprocess.run(["bash", str(SCRIPT), str(root), str(runs), *names], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_two_processes_train_five_folds_then_score_the_test_split_once(ptbxl, tmp_path):
+    runs = tmp_path / "runs"
+    result = fivefold(ptbxl, runs, "resnet1d_superdiagnostic")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = runs / "resnet1d_superdiagnostic_5fold"
+    assert "training 5 folds --only-folds 0 2 4" in result.stdout
+    assert "continuing (--resume --only-folds 1 3)" in result.stdout
+    assert all((run / f"fold{k}" / "last.pt").is_file() for k in range(5))
+    # the OPTS reached the run's saved config; both processes logged their own folds
+    config = (run / "config.yaml").read_text()
+    assert "num_blocks: 2" in config and "epochs: 1" in config
+    assert "fold 0 epoch 1" in (runs / "resnet1d_superdiagnostic_5fold.out").read_text()
+    assert "fold 1 epoch 1" in (runs / "resnet1d_superdiagnostic_5fold.p1.out").read_text()
+    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert list(metrics) == [f"fold{k}" for k in range(5)] + ["ensemble_vote", "ensemble_mean"]
+    assert metrics["ensemble_mean"]["n"] == 4 and 0 <= metrics["ensemble_mean"]["macro_auroc"] <= 1
+    scored = (run / "eval" / "test" / "metrics.json").stat().st_mtime_ns
+
+    again = fivefold(ptbxl, runs, "resnet1d_superdiagnostic")
+    assert again.returncode == 0, again.stderr
+    assert "already evaluated on the test split; left alone" in again.stdout
+    assert (run / "eval" / "test" / "metrics.json").stat().st_mtime_ns == scored
+
+
+def test_a_failed_training_is_not_scored(ptbxl, tmp_path):
+    runs = tmp_path / "runs"
+    result = fivefold(ptbxl, runs, "resnet1d_superdiagnostic", opts=TINY + " model.num_blocks=-1")
+    assert result.returncode == 1
+    assert "training stopped before the split" in result.stderr
+    assert not (runs / "resnet1d_superdiagnostic_5fold" / "eval").exists()
+
+
+@pytest.mark.parametrize("processes, names, message", [
+    ("6", ["resnet1d_superdiagnostic"], "PROCESSES=6: give 1 to 5"),
+    ("2", ["resnet1d_nonexistent"], "cfgs/ptbxl/resnet1d_nonexistent.yaml: no such config"),
+])
+def test_bad_arguments_are_refused_before_anything_runs(ptbxl, tmp_path, processes, names, message):
+    result = fivefold(ptbxl, tmp_path / "runs", *names, processes=processes)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "runs").exists()
