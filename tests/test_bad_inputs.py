@@ -288,9 +288,15 @@ def test_resume_after_kill_9_ends_bit_identical(killed, finished, tmp_path):
     run = Path(shutil.copytree(killed, tmp_path / "run"))
     (run / "last.pt.tmp").write_bytes(b"PK\x03\x04 half a checkpoint")     # killed during a checkpoint write
     (run / "best.pt.tmp").write_bytes(b"")
+    # env.json is updated after every epoch: the killed process's finished epoch counts, its end never came
+    env = json.loads((run / "env.json").read_text())
+    epoch_1 = torch.load(run / "last.pt", weights_only=True)["history"][0]["time_s"]
+    assert env["train_wall_s"] >= epoch_1 > 0 and "finished" not in env
     result = tool("train.py", "--resume", str(run))
     assert result.returncode == 0, result.stderr
     assert_same_weights(run, finished)
+    resumed = json.loads((run / "env.json").read_text())
+    assert resumed["train_wall_s"] > env["train_wall_s"] and "finished" in resumed
     assert not list(run.glob("*.tmp"))
     splits = json.loads((run / "splits.json").read_text())
     assert not set(splits["test"]) & (set(splits["folds"][0]["train"]) | set(splits["folds"][0]["val"]))

@@ -229,15 +229,25 @@ def _finished(model_dir: Path) -> bool:
     return last.is_file() and bool(load_checkpoint(last).get("finished"))
 
 
-def _record_wall_time(run_dir: Path, seconds: float) -> None:
-    """Add this session's training time to env.json (a resumed run adds up its sessions; processes
-    training folds of one run in parallel add up theirs, so it is the compute time, not the span)."""
-    path = run_dir / "env.json"
-    with _locked(run_dir / ".env.lock"):     # two processes finishing at once would lose one's time
-        env = json.loads(path.read_text()) if path.is_file() else {}
-        env["train_wall_s"] = round(env.get("train_wall_s", 0.0) + seconds, 1)
-        env["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        write_json(env, path)
+class _WallClock:
+    """Adds this process's training time to env.json's train_wall_s after every epoch and at the end:
+    a resumed run adds up its sessions, processes training folds of one run in parallel add up theirs
+    (so it is the compute time, not the span), and a process killed outright (a session's end) loses
+    only the epoch it was in, not all its time so far."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.since = run_dir, time.time()
+
+    def record(self, finished: bool = False) -> None:
+        now = time.time()
+        path = self.run_dir / "env.json"
+        with _locked(self.run_dir / ".env.lock"):     # two processes writing at once would lose one's time
+            env = json.loads(path.read_text()) if path.is_file() else {}
+            env["train_wall_s"] = round(env.get("train_wall_s", 0.0) + now - self.since, 1)
+            if finished:
+                env["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            write_json(env, path)
+        self.since = now
 
 
 @contextlib.contextmanager
@@ -276,7 +286,7 @@ def _save_splits(splits: dict, path: Path) -> None:
 def _run(cfg: dict, run_dir: Path, only_folds: list[int] | None = None) -> Path:
     main = distributed.is_main()
     handler = _log_to_file(run_dir) if main else None
-    started = time.time()
+    clock = _WallClock(run_dir) if main else None
     try:
         distributed.local_batch_size(cfg["train"]["batch_size"])    # an uneven split is refused before the data is read
         seed_everything(cfg["seed"])
@@ -300,7 +310,8 @@ def _run(cfg: dict, run_dir: Path, only_folds: list[int] | None = None) -> Path:
             if only_folds is not None and k not in only_folds:
                 continue                # another process's, or left for a later call
             log.info("fold %d: %d train / %d val records", k, len(train_idx), len(val_idx))
-            Trainer(cfg, data, {"train": train_idx, "val": val_idx, "test": splits["test"]}, out_dir, k).fit()
+            Trainer(cfg, data, {"train": train_idx, "val": val_idx, "test": splits["test"]}, out_dir, k,
+                    on_epoch_end=clock.record if clock else None).fit()
         # read at the end: folds that other processes finished meanwhile count too
         finished = [_finished(d) for d in model_dirs(run_dir, folds)]     # each last.pt loaded once
         left = [k for k, done in enumerate(finished) if not done]
@@ -311,7 +322,7 @@ def _run(cfg: dict, run_dir: Path, only_folds: list[int] | None = None) -> Path:
             summary = {d.name: load_checkpoint(d / "best.pt")["val_metrics"]
                        for d, done in zip(model_dirs(run_dir, folds), finished) if done}
             write_json(summary, run_dir / "val_summary.json")
-            _record_wall_time(run_dir, time.time() - started)
+            clock.record(finished=True)
     finally:
         if handler:
             logging.getLogger("ecgnet").removeHandler(handler)

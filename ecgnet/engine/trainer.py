@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -92,8 +93,10 @@ def _epoch_seed(*parts: int) -> int:
 
 
 class Trainer:
-    def __init__(self, cfg: dict, data: PreparedData, split: dict[str, np.ndarray], out_dir: Path, fold: int = 0):
+    def __init__(self, cfg: dict, data: PreparedData, split: dict[str, np.ndarray], out_dir: Path, fold: int = 0,
+                 on_epoch_end: Callable[[], None] | None = None):
         self.cfg, self.data, self.split, self.out_dir, self.fold = cfg, data, split, out_dir, fold
+        self.on_epoch_end = on_epoch_end      # called on rank 0 once an epoch's checkpoint is written
         out_dir.mkdir(parents=True, exist_ok=True)
         tcfg = cfg["train"]
         self.seed = cfg["seed"] + fold
@@ -283,6 +286,8 @@ class Trainer:
                     save_checkpoint(self.state_dict(), self.out_dir / "best.pt")
                 save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
                 self._log_epoch(row, writer, improved)
+                if self.on_epoch_end:
+                    self.on_epoch_end()
         if writer:
             writer.close()
         # a collective: the other ranks also wait here until rank 0 has written best.pt for finalize
