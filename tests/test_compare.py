@@ -309,6 +309,17 @@ def test_records_rebuild_the_results_without_the_run_directories(tmp_path, monke
     assert Path("R.md").read_text() == first
 
 
+def test_the_committed_records_are_not_ignored_by_git():
+    # .gitignore leaves out runs/; the records of the documented command live under experiments/records/runs/
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    record = "experiments/records/runs/full/some_run_5fold/eval/test/metrics.json"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", record], cwd=REPO)
+    assert ignored.returncode == 1, f"{record} is ignored by git: see .gitignore"
+    assert subprocess.run(["git", "check-ignore", "-q", "--no-index", "runs/full/some_run_5fold/fold0/best.pt"],
+                          cwd=REPO).returncode == 0
+
+
 def test_rows_of_runs_gone_without_a_record_are_carried_over_marked(tmp_path, monkeypatch, caplog):
     # runs made before records existed: their rows in the file being rewritten are kept, marked, and a fixed point
     monkeypatch.chdir(tmp_path)
