@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_ptbxl import STATEMENT_COLUMNS, STATEMENTS, ecg, record_name, write_record
+from test_bad_inputs_data import write_ptbxl
+from test_ptbxl import ecg, record_name, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "ptbxl" / "fivefold.sh"
@@ -22,13 +23,11 @@ TINY = ("model.num_blocks=2 model.base_width=8 model.kernel_size=5 train.epochs=
 @pytest.fixture(scope="module")
 def ptbxl(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fivefold") / "ptbxl"
-    root.mkdir()
-    pd.DataFrame.from_dict(STATEMENTS, orient="index", columns=STATEMENT_COLUMNS).to_csv(root / "scp_statements.csv")
     # 40 records of 40 patients: 4 per strat_fold, every superdiagnostic class in every fold
     rows = [{"ecg_id": e, "patient_id": float(1000 + e), "recording_date": "1990-01-01 09:00:00",
              "scp_codes": CODES[e % 5], "strat_fold": (e - 1) // 4 + 1, "filename_lr": record_name(e, 100),
              "filename_hr": record_name(e, 500)} for e in range(1, 41)]
-    pd.DataFrame(rows).to_csv(root / "ptbxl_database.csv", index=False)
+    write_ptbxl(root, pd.DataFrame(rows))       # scp_statements.csv and ptbxl_database.csv
     for row in rows:
         write_record(root, row["ecg_id"], 100, ecg(row["ecg_id"], 100))
     return root

@@ -313,14 +313,15 @@ def _run(cfg: dict, run_dir: Path, only_folds: list[int] | None = None) -> Path:
             Trainer(cfg, data, {"train": train_idx, "val": val_idx, "test": splits["test"]}, out_dir, k,
                     on_epoch_end=clock.record if clock else None).fit()
         # read at the end: folds that other processes finished meanwhile count too
-        finished = [_finished(d) for d in model_dirs(run_dir, folds)]     # each last.pt loaded once
+        dirs = model_dirs(run_dir, folds)
+        finished = [_finished(d) for d in dirs]     # each last.pt loaded once
         left = [k for k, done in enumerate(finished) if not done]
         if left:
             log.info("fold(s) %s not finished yet (not in --only-folds); evaluate once they are: "
                      "--resume %s [--only-folds ...]", " ".join(map(str, left)), run_dir)
         if main:
             summary = {d.name: load_checkpoint(d / "best.pt")["val_metrics"]
-                       for d, done in zip(model_dirs(run_dir, folds), finished) if done}
+                       for d, done in zip(dirs, finished) if done}
             write_json(summary, run_dir / "val_summary.json")
             clock.record(finished=True)
     finally:
