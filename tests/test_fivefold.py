@@ -1,5 +1,6 @@
 """experiments/ptbxl/fivefold.sh, the script behind the PTB-XL 5-fold ensembles in RESULTS.md: two processes
-share one run, the test split is scored once after both finish, and a scored run is left alone. A small
+share one run (and go on to the next run's folds), the test split is scored once after all five folds are
+trained, and a scored run is left alone. A small
 PTB-XL fixture in the PhysioNet layout and a tiny resnet1d (OPTS) keep it to seconds."""
 import json
 import os
@@ -44,14 +45,17 @@ def test_two_processes_train_five_folds_then_score_the_test_split_once(ptbxl, tm
     result = fivefold(ptbxl, runs, "resnet1d_superdiagnostic")
     assert result.returncode == 0, result.stdout + result.stderr
     run = runs / "resnet1d_superdiagnostic_5fold"
-    assert "training 5 folds --only-folds 0 2 4" in result.stdout
-    assert "continuing (--resume --only-folds 1 3)" in result.stdout
+    # one worker starts the run with fold 0, the other resumes it for fold 1 once the split is written
+    assert "training fold 0, starting the run (worker" in result.stdout
+    assert all(f"training fold {k} (--resume --only-folds {k}, worker" in result.stdout for k in range(1, 5))
+    assert result.stdout.count("scoring the folds") == 1
     assert all((run / f"fold{k}" / "last.pt").is_file() for k in range(5))
-    # the OPTS reached the run's saved config; both processes logged their own folds
+    # the OPTS reached the run's saved config; both workers trained and logged folds of their own
     config = (run / "config.yaml").read_text()
     assert "num_blocks: 2" in config and "epochs: 1" in config
-    assert "fold 0 epoch 1" in (runs / "resnet1d_superdiagnostic_5fold.out").read_text()
-    assert "fold 1 epoch 1" in (runs / "resnet1d_superdiagnostic_5fold.p1.out").read_text()
+    logs = [(runs / f"resnet1d_superdiagnostic_5fold{suffix}.out").read_text() for suffix in ("", ".p1")]
+    assert all("epoch 1" in log for log in logs)
+    assert all(sum(f"fold {k} epoch 1" in log for log in logs) == 1 for k in range(5))
     metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     assert list(metrics) == [f"fold{k}" for k in range(5)] + ["ensemble_vote", "ensemble_mean"]
     assert metrics["ensemble_mean"]["n"] == 4 and 0 <= metrics["ensemble_mean"]["macro_auroc"] <= 1
@@ -61,6 +65,28 @@ def test_two_processes_train_five_folds_then_score_the_test_split_once(ptbxl, tm
     assert again.returncode == 0, again.stderr
     assert "already evaluated on the test split; left alone" in again.stdout
     assert (run / "eval" / "test" / "metrics.json").stat().st_mtime_ns == scored
+    assert not list(runs.glob(".fivefold.*"))      # the claims of an invocation go with it
+
+
+def test_a_cut_run_is_continued_and_the_next_run_follows_in_the_same_workers(ptbxl, tmp_path):
+    runs = tmp_path / "runs"
+    cut = runs / "resnet1d_superdiagnostic_5fold"
+    # a run cut short after fold 0 (as a session's end leaves it)
+    subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "--config",
+                    str(REPO / "cfgs" / "ptbxl" / "resnet1d_superdiagnostic.yaml"), "--folds", "5",
+                    "--work-dir", str(cut), "--only-folds", "0", "--opts", f"data.root={ptbxl}",
+                    "train.tensorboard=false", *TINY.split()], check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    fold0 = (cut / "fold0" / "last.pt").stat().st_mtime_ns
+    result = fivefold(ptbxl, runs, "resnet1d_superdiagnostic", "resnet1d_diagnostic")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "training fold 0 (--resume --only-folds 0, worker" in result.stdout   # finished: left as it was
+    assert (cut / "fold0" / "last.pt").stat().st_mtime_ns == fold0
+    assert "training fold 0, starting the run" in result.stdout                   # the second run's start
+    assert result.stdout.count("scoring the folds") == 2
+    for run in (cut, runs / "resnet1d_diagnostic_5fold"):
+        metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+        assert list(metrics)[:5] == [f"fold{k}" for k in range(5)]
 
 
 def test_a_failed_training_is_not_scored(ptbxl, tmp_path):

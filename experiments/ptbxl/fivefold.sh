@@ -4,14 +4,16 @@
 # the ensemble on fold 10 once.
 #
 #   experiments/ptbxl/fivefold.sh PTBXL_DIR RUNS_DIR NAME [NAME ...]
-#   e.g. OMP_NUM_THREADS=1 experiments/ptbxl/fivefold.sh data/ptbxl runs/ptbxl_full resnet1d_rhythm xresnet1d101_rhythm
+#   e.g. OMP_NUM_THREADS=1 PROCESSES=2 experiments/ptbxl/fivefold.sh data/ptbxl runs/ptbxl_full resnet1d_rhythm xresnet1d101_rhythm
 #
-# NAME is a config in cfgs/ptbxl/ without .yaml; the run goes to RUNS_DIR/NAME_5fold, its log to
-# RUNS_DIR/NAME_5fold.out. A run whose test report exists is left alone (the test split is read once per
-# run); a failed or stopped training stops the script before anything is evaluated.
-# PROCESSES=P (default 1) trains the folds in P processes at once (train.py --only-folds; process i takes
-# folds i, i+P, ...; their logs: NAME_5fold.out, NAME_5fold.p1.out, ...): on C cores, P processes of
-# OMP_NUM_THREADS=C/P threads finish the 5 models sooner than one process of C threads.
+# NAME is a config in cfgs/ptbxl/ without .yaml; the run goes to RUNS_DIR/NAME_5fold. A run whose test report
+# exists is left alone (the test split is read once per run); a run is scored only when all 5 folds are trained,
+# and a failed or stopped training starts nothing more (the same command continues from where it stopped).
+# PROCESSES=P (default 1) workers train P folds at once, each taking the next untrained fold of the named runs
+# in order (train.py --only-folds K; the models are those one process would train, as a fold's seed depends on
+# its number alone): a worker that is done with one run's folds goes on to the next run's instead of waiting
+# for the others, and whoever trains a run's last fold scores it. Worker i logs to NAME_5fold.out (i = 0) or
+# NAME_5fold.p<i>.out. On C cores, P processes of OMP_NUM_THREADS=C/P threads finish sooner than one of C.
 # OPTS="key=value ..." adds --opts to a run's start (e.g. OPTS="train.amp=false" for an ablation); a continued
 # run keeps the options it was started with.
 set -euo pipefail
@@ -32,35 +34,79 @@ for name in "$@"; do
 done
 mkdir -p "$runs"
 
+todo=()
 for name in "$@"; do
-  run=$runs/${name}_5fold
-  if [[ -f "$run/eval/test/metrics.json" ]]; then
-    echo ">> $run: already evaluated on the test split; left alone"
-    continue
+  if [[ -f "$runs/${name}_5fold/eval/test/metrics.json" ]]; then
+    echo ">> $runs/${name}_5fold: already evaluated on the test split; left alone"
+  else
+    todo+=("$name")
   fi
-  pids=()
-  for ((i = 0; i < processes; i++)); do
-    log=$run.out; [[ $i -gt 0 ]] && log=$run.p$i.out
-    only=(); [[ $processes -gt 1 ]] && only=(--only-folds $(seq $i "$processes" 4))
-    if [[ -f "$run/config.yaml" ]]; then
-      echo ">> $run: continuing (--resume ${only[*]})"
-      "$python" "$repo/tools/train.py" --resume "$run" "${only[@]}" >> "$log" 2>&1 &
-    else
-      echo ">> $run: training 5 folds ${only[*]}"
-      "$python" "$repo/tools/train.py" --config "$repo/cfgs/ptbxl/$name.yaml" --folds 5 --work-dir "$run" \
-        "${only[@]}" --opts data.root="$data" train.tensorboard=false "${opts[@]}" > "$log" 2>&1 &
-      # the others resume the run this one starts, once its split is written (the data read and cached once)
-      while [[ ! -f "$run/splits.json" ]]; do
-        kill -0 $! 2>/dev/null || { wait $! || true; echo "error: $run: training stopped before the split; see $log" >&2; exit 1; }
-        sleep 5
-      done
-    fi
-    pids+=($!)
-  done
-  failed=0
-  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-  [[ $failed -eq 0 ]] || { echo "error: $run: a training process failed or was stopped; see $run*.out" >&2; exit 1; }
-  echo ">> $run: scoring the folds and their ensembles on the test split (once)"
-  "$python" "$repo/tools/evaluate.py" --ckpt "$run" > "${run}_eval.out" 2>&1
-  tail -n 1 "${run}_eval.out"
 done
+[[ ${#todo[@]} -gt 0 ]] || exit 0
+# this invocation's claims: mkdir is atomic, so each fold (and each run's start and scoring) goes to one worker
+claims=$(mktemp -d "$runs/.fivefold.XXXXXX")
+trap 'rm -rf "$claims"' EXIT
+
+# train fold K of NAME -> 0 trained, 1 failed, 3 not started because another worker's training failed
+train_fold() {
+  local worker=$1 name=$2 k=$3 log=$4 run=$runs/${2}_5fold
+  if mkdir "$claims/$name.start" 2>/dev/null; then
+    if [[ ! -f "$run/config.yaml" ]]; then
+      echo ">> $run: training fold $k, starting the run (worker $worker)"
+      "$python" "$repo/tools/train.py" --config "$repo/cfgs/ptbxl/$name.yaml" --folds 5 --work-dir "$run" \
+        --only-folds "$k" --opts data.root="$data" train.tensorboard=false "${opts[@]}" >> "$log" 2>&1 && return 0
+      [[ -f "$run/splits.json" ]] || echo "error: $run: training stopped before the split; see $log" >&2
+      return 1
+    fi
+  else
+    # another worker starts this run: resume it once its split is written (the data read and cached once)
+    while [[ ! -f "$run/splits.json" ]]; do
+      [[ -e "$claims/failed" ]] && return 3
+      sleep 5
+    done
+  fi
+  echo ">> $run: training fold $k (--resume --only-folds $k, worker $worker)"
+  "$python" "$repo/tools/train.py" --resume "$run" --only-folds "$k" >> "$log" 2>&1
+}
+
+worker() {
+  local worker=$1 name run log k rc trained
+  for name in "${todo[@]}"; do
+    run=$runs/${name}_5fold
+    log=$run.out; [[ $worker -gt 0 ]] && log=$run.p$worker.out
+    for k in 0 1 2 3 4; do
+      [[ -e "$claims/failed" ]] && return 0
+      mkdir "$claims/$name.fold$k" 2>/dev/null || continue
+      rc=0; train_fold "$worker" "$name" "$k" "$log" || rc=$?
+      [[ $rc -eq 3 ]] && return 0
+      if [[ $rc -ne 0 ]]; then
+        touch "$claims/failed"
+        echo "error: $run: fold $k's training failed or was stopped; see $log" >&2
+        return 0
+      fi
+      touch "$claims/$name.trained$k"
+      trained=0
+      for f in "$claims/$name".trained[0-4]; do [[ -e $f ]] && trained=$((trained + 1)); done
+      if [[ $trained -eq 5 ]] && mkdir "$claims/$name.scored" 2>/dev/null; then
+        echo ">> $run: scoring the folds and their ensembles on the test split (once)"
+        if ! "$python" "$repo/tools/evaluate.py" --ckpt "$run" > "${run}_eval.out" 2>&1; then
+          touch "$claims/failed"
+          echo "error: $run: evaluate.py failed; see ${run}_eval.out" >&2
+          return 0
+        fi
+        tail -n 1 "${run}_eval.out"
+      fi
+    done
+  done
+}
+
+pids=()
+for ((i = 0; i < processes; i++)); do
+  worker "$i" &
+  pids+=($!)
+done
+wait "${pids[@]}"
+if [[ -e "$claims/failed" ]]; then
+  echo "error: stopped after a failure (above); the same command continues the runs that are not scored" >&2
+  exit 1
+fi
