@@ -36,7 +36,7 @@ def ptbxl(tmp_path_factory) -> Path:
 
 def fivefold(root: Path, runs: Path, *names: str, processes: str = "2", opts: str = TINY):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, "PROCESSES": processes, "OPTS": opts}
-    return subprocess.run(["bash", str(SCRIPT), str(root), str(runs), *names], env=env, capture_output=True,
+    return subprocess.run(["bash", str(SCRIPT), str(root), str(runs), *names], env=env, capture_output=True, cwd=REPO,
                           text=True, timeout=600)
 
 
@@ -78,7 +78,9 @@ def test_a_cut_run_is_continued_and_the_next_run_follows_in_the_same_workers(ptb
                     "train.tensorboard=false", *TINY.split()], check=True, capture_output=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
     fold0 = (cut / "fold0" / "last.pt").stat().st_mtime_ns
-    result = fivefold(ptbxl, runs, "resnet1d_superdiagnostic", "resnet1d_diagnostic")
+    # the second run named by its config file's path (any dataset's config can be given so)
+    second = REPO / "cfgs" / "ptbxl" / "resnet1d_diagnostic.yaml"
+    result = fivefold(ptbxl, runs, "resnet1d_superdiagnostic", str(second))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "training fold 0 (--resume --only-folds 0, worker" in result.stdout   # finished: left as it was
     assert (cut / "fold0" / "last.pt").stat().st_mtime_ns == fold0
@@ -100,6 +102,8 @@ def test_a_failed_training_is_not_scored(ptbxl, tmp_path):
 @pytest.mark.parametrize("processes, names, message", [
     ("6", ["resnet1d_superdiagnostic"], "PROCESSES=6: give 1 to 5"),
     ("2", ["resnet1d_nonexistent"], "cfgs/ptbxl/resnet1d_nonexistent.yaml: no such config"),
+    ("2", ["cfgs/mitdb/nonexistent.yaml"], "cfgs/mitdb/nonexistent.yaml: no such config"),
+    ("2", ["resnet1d_rhythm", "cfgs/ptbxl/resnet1d_rhythm.yaml"], "a second config named resnet1d_rhythm"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(ptbxl, tmp_path, processes, names, message):
     result = fivefold(ptbxl, tmp_path / "runs", *names, processes=processes)

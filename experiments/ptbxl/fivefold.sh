@@ -3,10 +3,12 @@
 # for each config name, train 5 fold models on folds 1-9 (or continue a cut run with --resume), then score
 # the ensemble on fold 10 once.
 #
-#   experiments/ptbxl/fivefold.sh PTBXL_DIR RUNS_DIR NAME [NAME ...]
+#   experiments/ptbxl/fivefold.sh DATA_DIR RUNS_DIR NAME [NAME ...]
 #   e.g. OMP_NUM_THREADS=1 PROCESSES=2 experiments/ptbxl/fivefold.sh data/ptbxl runs/ptbxl_full resnet1d_rhythm xresnet1d101_rhythm
 #
-# NAME is a config in cfgs/ptbxl/ without .yaml; the run goes to RUNS_DIR/NAME_5fold. A run whose test report
+# NAME is a config in cfgs/ptbxl/ without .yaml, or the path of any config file (NAME.yaml; e.g.
+# cfgs/mitdb/cnn1d_kaggle_beats_rr.yaml with DATA_DIR the mitdb folder: DATA_DIR becomes data.root). The run goes
+# to RUNS_DIR/NAME_5fold. A run whose test report
 # exists is left alone (the test split is read once per run); a run is scored only when all 5 folds are trained,
 # and a failed or stopped training starts nothing more (the same command continues from where it stopped).
 # PROCESSES=P (default 1) workers train P folds at once, each taking the next untrained fold of the named runs
@@ -19,7 +21,7 @@
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
-  echo "usage: $0 PTBXL_DIR RUNS_DIR NAME [NAME ...]" >&2
+  echo "usage: $0 DATA_DIR RUNS_DIR NAME [NAME ...]" >&2
   exit 2
 fi
 data=$1 runs=$2
@@ -29,13 +31,24 @@ python=${PYTHON:-python}
 processes=${PROCESSES:-1}
 [[ $processes =~ ^[1-5]$ ]] || { echo "error: PROCESSES=$processes: give 1 to 5 (one fold or more each)" >&2; exit 2; }
 read -ra opts <<< "${OPTS:-}"    # split on spaces (write a list as [1,2]), without glob expansion
-for name in "$@"; do
-  [[ -f "$repo/cfgs/ptbxl/$name.yaml" ]] || { echo "error: $repo/cfgs/ptbxl/$name.yaml: no such config" >&2; exit 2; }
+declare -A config    # NAME -> its config file
+names=()
+for arg in "$@"; do
+  if [[ $arg == *.yaml ]]; then
+    name=$(basename "$arg" .yaml) path=$arg
+  else
+    name=$arg path=$repo/cfgs/ptbxl/$arg.yaml
+  fi
+  [[ -f $path ]] || { echo "error: $path: no such config" >&2; exit 2; }
+  [[ -z ${config[$name]:-} ]] ||
+    { echo "error: $arg: a second config named $name (both would train $runs/${name}_5fold)" >&2; exit 2; }
+  config[$name]=$(cd "$(dirname "$path")" && pwd)/$(basename "$path")
+  names+=("$name")
 done
 mkdir -p "$runs"
 
 todo=()
-for name in "$@"; do
+for name in "${names[@]}"; do
   if [[ -f "$runs/${name}_5fold/eval/test/metrics.json" ]]; then
     echo ">> $runs/${name}_5fold: already evaluated on the test split; left alone"
   else
@@ -53,7 +66,7 @@ train_fold() {
   if mkdir "$claims/$name.start" 2>/dev/null; then
     if [[ ! -f "$run/config.yaml" ]]; then
       echo ">> $run: training fold $k, starting the run (worker $worker)"
-      "$python" "$repo/tools/train.py" --config "$repo/cfgs/ptbxl/$name.yaml" --folds 5 --work-dir "$run" \
+      "$python" "$repo/tools/train.py" --config "${config[$name]}" --folds 5 --work-dir "$run" \
         --only-folds "$k" --opts data.root="$data" train.tensorboard=false "${opts[@]}" >> "$log" 2>&1 && return 0
       [[ -f "$run/splits.json" ]] || echo "error: $run: training stopped before the split; see $log" >&2
       return 1
