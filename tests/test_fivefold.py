@@ -40,35 +40,7 @@ def fivefold(root: Path, runs: Path, *names: str, processes: str = "2", opts: st
                           text=True, timeout=600)
 
 
-def test_two_processes_train_five_folds_then_score_the_test_split_once(ptbxl, tmp_path):
-    runs = tmp_path / "runs"
-    result = fivefold(ptbxl, runs, "resnet1d_superdiagnostic")
-    assert result.returncode == 0, result.stdout + result.stderr
-    run = runs / "resnet1d_superdiagnostic_5fold"
-    # one worker starts the run with fold 0, the other resumes it for fold 1 once the split is written
-    assert "training fold 0, starting the run (worker" in result.stdout
-    assert all(f"training fold {k} (--resume --only-folds {k}, worker" in result.stdout for k in range(1, 5))
-    assert result.stdout.count("scoring the folds") == 1
-    assert all((run / f"fold{k}" / "last.pt").is_file() for k in range(5))
-    # the OPTS reached the run's saved config; both workers trained and logged folds of their own
-    config = (run / "config.yaml").read_text()
-    assert "num_blocks: 2" in config and "epochs: 1" in config
-    logs = [(runs / f"resnet1d_superdiagnostic_5fold{suffix}.out").read_text() for suffix in ("", ".p1")]
-    assert all("epoch 1" in log for log in logs)
-    assert all(sum(f"fold {k} epoch 1" in log for log in logs) == 1 for k in range(5))
-    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
-    assert list(metrics) == [f"fold{k}" for k in range(5)] + ["ensemble_vote", "ensemble_mean"]
-    assert metrics["ensemble_mean"]["n"] == 4 and 0 <= metrics["ensemble_mean"]["macro_auroc"] <= 1
-    scored = (run / "eval" / "test" / "metrics.json").stat().st_mtime_ns
-
-    again = fivefold(ptbxl, runs, "resnet1d_superdiagnostic")
-    assert again.returncode == 0, again.stderr
-    assert "already evaluated on the test split; left alone" in again.stdout
-    assert (run / "eval" / "test" / "metrics.json").stat().st_mtime_ns == scored
-    assert not list(runs.glob(".fivefold.*"))      # the claims of an invocation go with it
-
-
-def test_a_cut_run_is_continued_and_the_next_run_follows_in_the_same_workers(ptbxl, tmp_path):
+def test_two_workers_continue_a_cut_run_start_the_next_and_score_each_test_split_once(ptbxl, tmp_path):
     runs = tmp_path / "runs"
     cut = runs / "resnet1d_superdiagnostic_5fold"
     # a run cut short after fold 0 (as a session's end leaves it)
@@ -82,13 +54,31 @@ def test_a_cut_run_is_continued_and_the_next_run_follows_in_the_same_workers(ptb
     second = REPO / "cfgs" / "ptbxl" / "resnet1d_diagnostic.yaml"
     result = fivefold(ptbxl, runs, "resnet1d_superdiagnostic", str(second))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "training fold 0 (--resume --only-folds 0, worker" in result.stdout   # finished: left as it was
+    new = runs / "resnet1d_diagnostic_5fold"
+    assert f"{cut}: training fold 0 (--resume --only-folds 0, worker" in result.stdout   # finished: left as it was
     assert (cut / "fold0" / "last.pt").stat().st_mtime_ns == fold0
-    assert "training fold 0, starting the run" in result.stdout                   # the second run's start
+    # one worker starts the new run with its fold 0, the other workers resume it once its split is written
+    assert f"{new}: training fold 0, starting the run (worker" in result.stdout
+    assert all(f"{new}: training fold {k} (--resume --only-folds {k}, worker" in result.stdout for k in range(1, 5))
     assert result.stdout.count("scoring the folds") == 2
-    for run in (cut, runs / "resnet1d_diagnostic_5fold"):
+    # the OPTS reached the new run's saved config; each fold was trained once, by one worker, in its log
+    config = (new / "config.yaml").read_text()
+    assert "num_blocks: 2" in config and "epochs: 1" in config
+    logs = [(runs / f"resnet1d_diagnostic_5fold{suffix}.out") for suffix in ("", ".p1")]
+    logs = [log.read_text() for log in logs if log.is_file()]
+    assert all(sum(f"fold {k} epoch 1" in log for log in logs) == 1 for k in range(5))
+    assert "worker 0" in result.stdout and "worker 1" in result.stdout
+    for run in (cut, new):
         metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
-        assert list(metrics)[:5] == [f"fold{k}" for k in range(5)]
+        assert list(metrics) == [f"fold{k}" for k in range(5)] + ["ensemble_vote", "ensemble_mean"]
+        assert metrics["ensemble_mean"]["n"] == 4 and 0 <= metrics["ensemble_mean"]["macro_auroc"] <= 1
+    scored = (new / "eval" / "test" / "metrics.json").stat().st_mtime_ns
+
+    again = fivefold(ptbxl, runs, "resnet1d_superdiagnostic", str(second))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already evaluated on the test split; left alone") == 2
+    assert (new / "eval" / "test" / "metrics.json").stat().st_mtime_ns == scored
+    assert not list(runs.glob(".fivefold.*"))      # the claims of an invocation go with it
 
 
 def test_a_failed_training_is_not_scored(ptbxl, tmp_path):
