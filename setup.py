@@ -16,7 +16,7 @@ setup(
     packages=find_packages(include=["ecgnet", "ecgnet.*"]),
     package_data={"ecgnet": ["data/resources/*"]},   # split lists and scoring tables shipped with adapters
     install_requires=[r for r in requirements if r],
-    extras_require={"test": ["pytest>=7", *EXPORT],
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", *EXPORT],   # -n auto: one worker per core
                     # tools/export.py --format onnx, and the parity check against onnxruntime
                     "export": EXPORT,
                     # tools/benchmark.py row 4 (ecgnet vs torch_ecg); never imported by the package itself

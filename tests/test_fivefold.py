@@ -1,7 +1,7 @@
-"""experiments/ptbxl/fivefold.sh, the script behind the PTB-XL 5-fold ensembles in RESULTS.md: two processes
-share one run (and go on to the next run's folds), the test split is scored once after all five folds are
-trained, and a scored run is left alone. A small
-PTB-XL fixture in the PhysioNet layout and a tiny resnet1d (OPTS) keep it to seconds."""
+"""experiments/ptbxl/fivefold.sh, the script behind the 5-fold ensembles in RESULTS.md: two processes share one
+run (and go on to the next run's folds), the test split is scored once after all five folds are trained, and a
+scored run is left alone. A small PTB-XL fixture in the PhysioNet layout and a tiny resnet1d (OPTS) keep it to
+seconds."""
 import json
 import os
 import subprocess
@@ -85,8 +85,11 @@ def test_a_failed_training_is_not_scored(ptbxl, tmp_path):
     runs = tmp_path / "runs"
     result = fivefold(ptbxl, runs, "resnet1d_superdiagnostic", opts=TINY + " model.num_blocks=-1")
     assert result.returncode == 1
-    assert "training stopped before the split" in result.stderr
-    assert not (runs / "resnet1d_superdiagnostic_5fold" / "eval").exists()
+    run = runs / "resnet1d_superdiagnostic_5fold"
+    assert "fold 0's training failed or was stopped" in result.stderr
+    logs = "".join(log.read_text() for log in runs.glob("*.out"))      # the log of whichever worker took fold 0
+    assert "num_blocks must be a positive integer" in logs                # train.py's reason
+    assert not (run / "eval").exists()
 
 
 @pytest.mark.parametrize("processes, names, message", [

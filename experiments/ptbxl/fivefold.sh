@@ -26,7 +26,7 @@ if [[ $# -lt 3 ]]; then
 fi
 data=$1 runs=$2
 shift 2
-repo=$(cd "$(dirname "$0")/../.." && pwd)
+repo=$(realpath "$(dirname "$0")/../..")
 python=${PYTHON:-python}
 processes=${PROCESSES:-1}
 [[ $processes =~ ^[1-5]$ ]] || { echo "error: PROCESSES=$processes: give 1 to 5 (one fold or more each)" >&2; exit 2; }
@@ -42,7 +42,7 @@ for arg in "$@"; do
   [[ -f $path ]] || { echo "error: $path: no such config" >&2; exit 2; }
   [[ -z ${config[$name]:-} ]] ||
     { echo "error: $arg: a second config named $name (both would train $runs/${name}_5fold)" >&2; exit 2; }
-  config[$name]=$(cd "$(dirname "$path")" && pwd)/$(basename "$path")
+  config[$name]=$(realpath "$path")
   names+=("$name")
 done
 mkdir -p "$runs"
@@ -67,9 +67,8 @@ train_fold() {
     if [[ ! -f "$run/config.yaml" ]]; then
       echo ">> $run: training fold $k, starting the run (worker $worker)"
       "$python" "$repo/tools/train.py" --config "${config[$name]}" --folds 5 --work-dir "$run" \
-        --only-folds "$k" --opts data.root="$data" train.tensorboard=false "${opts[@]}" >> "$log" 2>&1 && return 0
-      [[ -f "$run/splits.json" ]] || echo "error: $run: training stopped before the split; see $log" >&2
-      return 1
+        --only-folds "$k" --opts data.root="$data" train.tensorboard=false "${opts[@]}" >> "$log" 2>&1
+      return
     fi
   else
     # another worker starts this run: resume it once its split is written (the data read and cached once)
@@ -98,9 +97,8 @@ worker() {
         return 0
       fi
       touch "$claims/$name.trained$k"
-      trained=0
-      for f in "$claims/$name".trained[0-4]; do [[ -e $f ]] && trained=$((trained + 1)); done
-      if [[ $trained -eq 5 ]] && mkdir "$claims/$name.scored" 2>/dev/null; then
+      trained=("$claims/$name".trained[0-4])    # matches at least the one just made
+      if [[ ${#trained[@]} -eq 5 ]] && mkdir "$claims/$name.scored" 2>/dev/null; then
         echo ">> $run: scoring the folds and their ensembles on the test split (once)"
         if ! "$python" "$repo/tools/evaluate.py" --ckpt "$run" > "${run}_eval.out" 2>&1; then
           touch "$claims/failed"
