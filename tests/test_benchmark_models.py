@@ -312,13 +312,16 @@ def test_a_one_record_training_batch_uses_running_statistics():
 
 
 @pytest.mark.parametrize("name, settings, match", [
-    ("xresnet1d101", {"widths": [64, 64]}, "one entry per stage"),
-    ("xresnet1d50", {"blocks": [3, 0, 6, 3]}, "blocks"),
-    ("inception1d", {"depth": 4}, "multiple of 3"),
-    ("inception1d", {"bottleneck": -1}, "bottleneck"),
-    ("inception1d", {"kernel_size": 3}, ">= 4"),
-    ("resnet1d_wang", {"widths": []}, "widths"),
+    ("xresnet1d101", {"widths": [64, 64]}, "model.widths: .* one entry per stage"),
+    ("xresnet1d50", {"blocks": [3, 0, 6, 3]}, "model.blocks: must be a non-empty list of positive integers"),
+    ("inception1d", {"depth": 4}, "model.depth: must be a multiple of 3"),
+    ("inception1d", {"bottleneck": -1}, "model.bottleneck: must be an integer >= 0"),
+    ("inception1d", {"kernel_size": 3}, "model.kernel_size: must be >= 4"),
+    ("resnet1d_wang", {"widths": []}, "model.widths: must be a non-empty list"),
+    ("resnet1d", {"num_blocks": 0}, "model.num_blocks: must be a positive integer for model 'resnet1d', got 0"),
+    ("cnn1d", {"dropout": 1.0}, r"model.dropout: must be in \[0, 1\)"),
 ])
 def test_bad_settings_raise_config_error(name, settings, match):
-    with pytest.raises(ConfigError, match=match):
+    """The message starts with the config key a user would edit."""
+    with pytest.raises(ConfigError, match="^" + match):
         make(name, **settings)

@@ -88,7 +88,7 @@ def test_a_failed_training_is_not_scored(ptbxl, tmp_path):
     run = runs / "resnet1d_superdiagnostic_5fold"
     assert "fold 0's training failed or was stopped" in result.stderr
     logs = "".join(log.read_text() for log in runs.glob("*.out"))      # the log of whichever worker took fold 0
-    assert "num_blocks must be a positive integer" in logs                # train.py's reason
+    assert "model.num_blocks: must be a positive integer" in logs         # train.py's reason
     assert not (run / "eval").exists()
 
 

@@ -67,13 +67,13 @@ class Inception1d(nn.Module):
         check_settings("inception1d", dropout, kernel_size=kernel_size, depth=depth, filters=filters,
                        hidden=hidden)
         if kernel_size < 4:
-            raise ConfigError(f"model 'inception1d': kernel_size must be >= 4 (kernels k, k//2, k//4), "
+            raise ConfigError(f"model.kernel_size: must be >= 4 for model 'inception1d' (kernels k, k//2, k//4), "
                               f"got {kernel_size}")
         if isinstance(bottleneck, bool) or not isinstance(bottleneck, int) or bottleneck < 0:
-            raise ConfigError(f"model 'inception1d': bottleneck must be an integer >= 0 (0: none), "
+            raise ConfigError(f"model.bottleneck: must be an integer >= 0 (0: none), "
                               f"got {bottleneck!r}")
         if residual and depth % 3:
-            raise ConfigError(f"model 'inception1d': depth must be a multiple of 3 with residual "
+            raise ConfigError(f"model.depth: must be a multiple of 3 with residual "
                               f"shortcuts (one per 3 blocks), got {depth}")
         # odd kernels keep the benchmark's symmetric padding: 40 -> 39, 19, 9
         kernel_sizes = [k - 1 if k % 2 == 0 else k for k in (kernel_size, kernel_size // 2, kernel_size // 4)]

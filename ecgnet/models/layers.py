@@ -347,11 +347,11 @@ def check_settings(family: str, dropout: float, lists: dict[str, Any] | None = N
         return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
     if isinstance(dropout, bool) or not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
-        raise ConfigError(f"model '{family}': dropout must be in [0, 1), got {dropout!r}")
+        raise ConfigError(f"model.dropout: must be in [0, 1) for model '{family}', got {dropout!r}")
     for key, value in ints.items():
         if not positive(value):
-            raise ConfigError(f"model '{family}': {key} must be a positive integer, got {value!r}")
+            raise ConfigError(f"model.{key}: must be a positive integer for model '{family}', got {value!r}")
     for key, value in (lists or {}).items():
         if not (isinstance(value, (list, tuple)) and value and all(map(positive, value))):
-            raise ConfigError(f"model '{family}': {key} must be a non-empty list of positive integers, "
+            raise ConfigError(f"model.{key}: must be a non-empty list of positive integers for model '{family}', "
                               f"got {value!r}")

@@ -140,8 +140,8 @@ class XResNet1d(StemBlocksHead):
         check_settings("xresnet1d", dropout, {"blocks": blocks, "widths": widths, "stem_widths": stem_widths},
                        kernel_size=kernel_size, stem_kernel_size=stem_kernel_size, hidden=hidden)
         if len(widths) != len(blocks):
-            raise ConfigError(f"model 'xresnet1d': widths ({list(widths)}) needs one entry per stage of "
-                              f"blocks ({list(blocks)})")
+            raise ConfigError(f"model.widths: {list(widths)} needs one entry per stage of model.blocks "
+                              f"({list(blocks)}) in model 'xresnet1d'")
         chans = [in_leads, *stem_widths]
         self.stem = MaskedSequential(
             *[ConvBnAct1d(chans[i], chans[i + 1], stem_kernel_size, stride=2 if i == 0 else 1)
