@@ -332,7 +332,7 @@ def format_targets(rows: list[TargetRow], markdown: bool) -> list[str]:
                                                               else "")
         if e.get("report"):
             run += f", eval/{e['report']}"
-        measured = fmt_cell(row.value, row.ci, None)
+        measured = fmt_cell(row.value, row.ci, None, digits_against(row.value, e["goal"]))
         if row.carried:
             run, measured = row.carried[0] + " " + CARRIED, row.carried[1]
         status = row.status
@@ -447,12 +447,23 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def fmt_cell(value, ci, sd) -> str:
+def fmt_cell(value, ci, sd, digits: int = 3) -> str:
     if value is None:
         return "-"
+    v = f"{value:.{digits}f}"
     if ci:
-        return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return f"{value:.3f} ±{sd:.3f}" if sd is not None else f"{value:.3f}"
+        return f"{v} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return f"{v} ±{sd:.3f}" if sd is not None else v
+
+
+def digits_against(value: float | None, goal) -> int:
+    """3 decimals, or as many more (up to 6) as tell a value apart from the goal it rounds onto: 0.9598 against
+    0.96 reads 0.9598 (not met), not 0.960."""
+    digits = 3
+    if value is not None and isinstance(goal, (int, float)) and not isinstance(goal, bool) and value != goal:
+        while digits < 6 and round(value, digits) == round(goal, digits):
+            digits += 1
+    return digits
 
 
 def fmt_duration(seconds) -> str:

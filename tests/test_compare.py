@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ecgnet.compare import CARRIED, compare, find_reference, fmt_cell, fmt_command, fmt_duration, load_references
+from ecgnet.compare import (CARRIED, compare, digits_against, find_reference, fmt_cell, fmt_command, fmt_duration,
+                            load_references)
 from ecgnet.registry import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,6 +116,10 @@ def test_cells_and_durations():
     assert fmt_cell(0.9123, None, None) == "0.912"
     assert fmt_cell(0.9123, None, 0.0104) == "0.912 ±0.010"
     assert fmt_cell(None, None, None) == "-"
+    assert fmt_cell(0.95976, (0.9433, 0.9749), None, digits=4) == "0.9598 [0.943, 0.975]"
+    # a value that rounds onto its goal shows the digit that decides met or not
+    assert [digits_against(v, 0.96) for v in (0.9598, 0.95998, 0.9612, 0.96, None)] == [4, 5, 3, 3, 3]
+    assert digits_against(0.94998, 0.95) == 5 and digits_against(0.9598, "within_ci") == 3
     assert [fmt_duration(s) for s in (7.1, 61.2, 3725, None)] == ["7 s", "1 min 1 s", "1 h 2 min", "-"]
 
 
@@ -263,17 +268,19 @@ def test_targets_are_marked_met_or_not_from_each_runs_report(tmp_path, monkeypat
          "report": "test_thresholds-fixed"},
         {"target": "later", "metric": "test/macro_f1", "reference": 0.9, "goal": 0.9, "run": None},
         {"target": "ablation", "metric": "test/macro_f1", "reference": None, "goal": None, "run": "good"},
+        {"target": "just short", "metric": "test/macro_auroc", "reference": 0.93, "goal": 0.9403, "run": "good"},
     ]))
     md = tmp_path / "R.md"
     compare([str(good)], md=str(md), targets=str(targets))
     text = md.read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "target" not in line][:6]
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "target" not in line][:7]
     assert "0.940 [0.920, 0.955]" in rows[0] and rows[0].endswith("| met |")
     assert rows[1].endswith("| not met [1] |") and "1. too few epochs" in text
     assert rows[2].endswith("| met |")                        # 0.82 lies in [0.77, 0.83]
     assert "eval/test_thresholds-fixed" in rows[3] and "0.700" in rows[3] and rows[3].endswith("| not met |")
     assert rows[4].endswith("| not run |")
     assert rows[5].endswith("| 0.800 [0.770, 0.830] | - | - | reported |")
+    assert "| 0.9400 [0.920, 0.955] | 0.930 | >= 0.9403 | not met |" in rows[6]     # not "0.940 ... >= 0.940"
     assert text.index("## Targets") < text.index("## synthetic")
     assert "not met [1]" in capsys.readouterr().out
     targets.write_text(yaml.safe_dump([{"target": "x", "metric": "test/f1", "reference": 1, "goal": "high",
