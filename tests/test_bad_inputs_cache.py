@@ -1,5 +1,6 @@
-"""Bad inputs to the preprocessing cache and signal QC, through ``tools/train.py`` as a user runs it:
-a stale or damaged cache entry is rebuilt (one logged line saying why) and never served, an
+"""Bad inputs to the preprocessing cache and signal QC, mostly through ``tools/train.py`` as a user runs
+it (the seven kinds of cache damage in-process through ``load_signals``, one of them also through the
+CLI): a stale or damaged cache entry is rebuilt (one logged line saying why) and never served, an
 unwritable cache folder falls back to no cache with a warning, a record that fails QC is a
 counted skip, and a user mistake is one ``error:`` line with exit code 2 -- never a traceback.
 
@@ -151,19 +152,38 @@ DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("damage", list(DAMAGE))
-def test_damaged_or_stale_entry_is_rebuilt_never_served(world, cache, tmp_path, damage):
-    corrupt, why = DAMAGE[damage]
-    corrupt(cache / world.entry)
-    proc = train(world.config, tmp_path, cache)
-    assert proc.returncode == 0, proc.stderr
-    rebuilt = [line for line in proc.stderr.splitlines() if "is unusable" in line]
+def check_rebuilt(world, cache, log_lines: list[str], why: str):
+    rebuilt = [line for line in log_lines if "is unusable" in line]
     assert len(rebuilt) == 1 and re.search(rf"cache entry .*{world.entry} is unusable: {why}; rebuilding it$",
-                                           rebuilt[0]), proc.stderr
-    assert "preprocessed 10 records into the cache" in proc.stderr
+                                           rebuilt[0]), log_lines
+    assert any("preprocessed 10 records into the cache" in line for line in log_lines), log_lines
     assert served_correctly(world, cache)
     assert sorted(p.name for p in cache.iterdir()) == sorted([world.entry, "other-entry"])   # nothing left over
     assert (cache / "other-entry" / "ids.json").read_text() == "[]"
+
+
+def test_damaged_entry_is_rebuilt_through_the_cli(world, cache, tmp_path):
+    """As a user meets it: the most dangerous damage (ids reordered, so labels would pair with other
+    records' signals) during ``tools/train.py``, which must rebuild the entry and train."""
+    corrupt, why = DAMAGE["reordered ids"]
+    corrupt(cache / world.entry)
+    proc = train(world.config, tmp_path, cache)
+    assert proc.returncode == 0 and "run directory:" in proc.stdout, proc.stderr
+    check_rebuilt(world, cache, proc.stderr.splitlines(), why)
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_or_stale_entry_is_rebuilt_never_served(world, cache, damage, caplog):
+    """Every kind of damage, through ``load_signals`` (the code train.py runs; in-process, so the
+    seven cases cost no interpreter and model start-up each)."""
+    corrupt, why = DAMAGE[damage]
+    corrupt(cache / world.entry)
+    cfg = load_config(world.config, [f"preprocess.cache_dir={cache}"])
+    with caplog.at_level("INFO", logger="ecgnet"):
+        records, signals = load_signals(build("data", cfg), cfg["preprocess"], "cinc17")
+    check_rebuilt(world, cache, [r.getMessage() for r in caplog.records], why)
+    assert list(records.ids) == IDS     # and what training gets pairs each id with its own signal
+    assert all(np.array_equal(x, world.sources[rid]) for rid, x in zip(records.ids, signals))
 
 
 # ---- a cache folder that cannot be written: warned, then run without the cache ----
