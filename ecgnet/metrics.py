@@ -38,9 +38,10 @@ def _mean_defined(values: list[float | None]) -> float | None:
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, decisions: np.ndarray,
-                           class_names: Sequence[str], multilabel: bool) -> dict:
+                           class_names: Sequence[str], multilabel: bool, confusion: bool = True) -> dict:
     """y_true, decisions: (N, C) 0/1; probs: (N, C). Returns summary numbers plus
-    ``per_class`` rows and confusion matrices (lists, JSON-ready).
+    ``per_class`` rows and confusion matrices (lists, JSON-ready; ``confusion=False`` leaves them out:
+    a single-label matrix has C x C cells, 356 M for the 18,869 patients of PTB-XL identification).
 
     Macro averages leave out the classes where the metric is undefined and name them:
     ``auroc_undefined`` (AUROC needs both outcomes), ``auprc_undefined`` (needs a positive) and
@@ -79,8 +80,9 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, decisions: np.
     if not multilabel:
         true_idx, pred_idx = y_true.argmax(1), decisions.argmax(1)
         out["accuracy"] = float(accuracy_score(true_idx, pred_idx))
-        out["confusion_matrix"] = confusion_matrix(true_idx, pred_idx, labels=labels).tolist()
-    else:
+        if confusion:
+            out["confusion_matrix"] = confusion_matrix(true_idx, pred_idx, labels=labels).tolist()
+    elif confusion:
         out["confusion_matrix"] = multilabel_confusion_matrix(y_true, decisions, labels=labels).tolist()
     # precision = positive predictive value (+P), recall = sensitivity (Se)
     out["per_class"] = [

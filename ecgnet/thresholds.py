@@ -17,15 +17,18 @@ def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence
 
     y_true: (N, C) 0/1; probs: (N, C). A class constant in the data keeps ``default``.
     """
-    thresholds = []
+    thresholds, constant = [], []
     for c, name in enumerate(class_names):
         if y_true[:, c].min() == y_true[:, c].max():
-            log.warning("class %s is constant in the validation split; its threshold stays %.2f", name, default)
+            constant.append(name)
             thresholds.append(float(default))
             continue
         precision, recall, cuts = precision_recall_curve(y_true[:, c], probs[:, c])
         f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
         thresholds.append(float(cuts[np.argmax(f1[:-1])]))   # the last P/R point has no cut-off
+    if constant:     # one line, not one per class: identification has ~1,600 patients without a val record
+        log.warning("%d class(es) constant in the validation split keep the threshold %.2f: %s%s", len(constant),
+                    default, ", ".join(constant[:10]), " ..." if len(constant) > 10 else "")
     return thresholds
 
 

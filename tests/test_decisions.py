@@ -58,10 +58,13 @@ def test_tuned_thresholds_beat_half_on_skewed_case():
     assert 0.1 < thresholds[0] < 0.3
 
 
-def test_constant_class_keeps_default_threshold():
-    y = np.array([[1, 0], [0, 0], [1, 0]])
-    probs = np.array([[0.9, 0.2], [0.1, 0.7], [0.8, 0.1]])
-    assert tune_thresholds(y, probs, ["a", "b"], default=0.4)[1] == 0.4
+def test_constant_classes_keep_default_threshold_with_one_warning(caplog):
+    y = np.array([[1, 0, 0, 1], [0, 0, 0, 1], [1, 0, 0, 1]])
+    probs = np.array([[0.9, 0.2, 0.1, 0.6], [0.1, 0.7, 0.2, 0.6], [0.8, 0.1, 0.3, 0.6]])
+    with caplog.at_level("WARNING", logger="ecgnet.thresholds"):
+        assert tune_thresholds(y, probs, ["a", "b", "c", "d"], default=0.4)[1:] == [0.4, 0.4, 0.4]
+    assert [r.getMessage() for r in caplog.records] == [
+        "3 class(es) constant in the validation split keep the threshold 0.40: b, c, d"]
 
 
 def test_single_label_decisions_are_one_hot_argmax():
@@ -126,3 +129,5 @@ def test_metrics_agree_with_definitions_and_flag_undefined_auroc():
     assert m["per_class"][1]["recall"] == pytest.approx(0.5)
     assert m["macro_auroc"] == pytest.approx(1.0)
     assert np.asarray(m["confusion_matrix"]).shape == (3, 2, 2)
+    lean = classification_metrics(y, probs, pred, ["a", "b", "c"], True, confusion=False)
+    assert "confusion_matrix" not in lean and lean["per_class"] == m["per_class"]

@@ -7,17 +7,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import wfdb
 
 from ecgnet.build import build
-from ecgnet.config import PreprocessCfg
+from ecgnet.config import PreprocessCfg, load_config
 from ecgnet.data.dataset import load_signals
 from ecgnet.data.ecgsim import sample_patient, simulate_ecg
 from ecgnet.data.ptbxl import LEADS, PTBXL
 from ecgnet.data.splits import assert_disjoint, make_splits
+from ecgnet.engine.checkpoint import load_checkpoint
+from ecgnet.engine.evaluate import evaluate
+from ecgnet.engine.run import train
 from ecgnet.registry import ConfigError, DataError
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptbxl"
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "data" / "ptbxl"
 
 # Rows of PTB-XL 1.0.3 scp_statements.csv (CC BY 4.0), copied as they are.
 STATEMENT_COLUMNS = ["description", "diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass",
@@ -187,6 +192,24 @@ def test_identification_enrols_on_earlier_records(ptbxl):
     assert three.class_names == ["101"] and three.folds.tolist() == [2, 3, 1]
 
 
+def test_background_patients_train_only_after_the_enrolled_classes(ptbxl):
+    closed = PTBXL(str(ptbxl), task="identification").records()
+    records = PTBXL(str(ptbxl), task="identification", background_patients=True).records()
+    # the enrolled patients keep their class numbers; the one-record patients follow, in numerical order
+    assert records.class_names == ["101", "106", "102", "103", "104", "105", "107"]
+    assert records.ids == [str(k) for k in range(1, 11)]
+    assert records.labels.tolist() == [0, 2, 3, 0, 4, 5, 0, 1, 1, 6]
+    # the enrolled records keep their folds; every background record trains
+    assert records.folds.tolist() == [2, 1, 1, 3, 1, 1, 1, 3, 1, 1]
+    fold_of = dict(zip(records.ids, records.folds.tolist()))
+    assert all(fold_of[rid] == f for rid, f in zip(closed.ids, closed.folds.tolist()))
+    assert sorted(records.skipped) == ["file missing on disk"]
+    cache_keys = {PTBXL(str(ptbxl), task="identification", background_patients=b).cache_key() for b in (True, False)}
+    assert len(cache_keys) == 2
+    with pytest.raises(ConfigError, match="data.background_patients: only for task identification"):
+        PTBXL(str(ptbxl), task="rhythm", background_patients=True)
+
+
 def test_qrs_segment_is_centred_on_a_beat_and_flat_records_are_skipped(ptbxl, tmp_path):
     adapter = PTBXL(str(ptbxl), task="all", segment="qrs", segment_s=2.0)
     assert adapter.record_length_s == 2.0
@@ -281,3 +304,22 @@ class TestSharedSubset:
         test_patients = set(ident.labels[splits["test"]])
         assert test_patients == set(range(ident.num_classes))
         assert test_patients <= set(ident.labels[splits["folds"][0][0]])
+
+
+def test_identification_pretrained_on_background_patients_then_enrolled(ptbxl, tmp_path):
+    """The two shipped configs on the fixture: stage 1 learns 7 patients (2 enrolled + 5 background),
+    stage 2 loads and freezes its backbone and learns vectors for the 2 enrolled patients only."""
+    common = [f"data.root={ptbxl}", "train.epochs=2", "schedule.cooldown_epochs=1", "train.tensorboard=false", "train.progress=off",
+              "train.batch_size=4", "preprocess.cache_dir=null", "train.device=cpu"]
+    stage1 = train(load_config(REPO / "cfgs/ptbxl/resnet1d_wang_identification_background.yaml", common),
+                   work_dir=str(tmp_path / "background"))
+    pre = load_checkpoint(stage1 / "best.pt")
+    assert pre["model"]["weight"].shape == (7, 128)                  # every patient is a class
+    stage2 = train(load_config(REPO / "cfgs/ptbxl/resnet1d_wang_identification_background_enrol.yaml",
+                               [*common, f"model.init_from={stage1}"]), work_dir=str(tmp_path / "enrol"))
+    enrolled = load_checkpoint(stage2 / "best.pt")["model"]
+    assert enrolled["weight"].shape == (2, 128)                     # the closed set only
+    backbone = [k for k in enrolled if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(enrolled[k], pre["model"][k]) for k in backbone)   # loaded, frozen
+    results = evaluate(stage2, "test", tmp_path / "report")     # the closed set: one test ECG per patient
+    assert results["model"]["n"] == 2 and len(results["model"]["per_class"]) == 2

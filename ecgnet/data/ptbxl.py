@@ -35,6 +35,14 @@ not guarantee training records for every patient. Folds are assigned from the cs
 on disk; a record that then fails to load (corrupt, or no beat in ``segment: qrs``) is dropped
 afterwards by the framework and logged, so its patient may lose its only training record.
 
+``background_patients: true`` (identification) also keeps the patients with fewer records, as
+classes of their own whose records all train (fold 1) and are never validated or tested: ~16,800
+more people to tell apart, as face recognition trains on identities other than the gallery's.
+Their classes follow the enrolled patients' (both in numerical order), so class k is the same
+patient with and without them for k below the number of enrolled patients. Such a model is
+meant to be pre-training (its validation accuracy picks among all patients, a harder question
+than the closed set's); enrol the closed set on its backbone with ``model.init_from``.
+
 ``segment: qrs`` cuts each record to ``segment_s`` seconds centred on one beat: R peaks are
 detected on lead II with ``wfdb.processing.gqrs_detect`` (``xqrs_detect`` also marked T waves as
 beats on 100 Hz PTB-XL records we tried), the middle detection (lower median of the sorted peaks)
@@ -162,6 +170,7 @@ class PTBXL(ECGAdapter):
         min_records_per_patient: identification keeps patients with at least this many records.
         segment: ``full`` 10 s records, or ``qrs``: ``segment_s`` seconds around a detected beat.
         strict: an unreadable record is an error instead of a counted skip.
+        background_patients: identification also trains on the other patients (see the module docstring).
     """
 
     record_length_s = RECORD_S
@@ -169,17 +178,22 @@ class PTBXL(ECGAdapter):
     def __init__(self, root: str, task: Literal["all", "diagnostic", "subdiagnostic", "superdiagnostic", "form",
                                                 "rhythm", "identification"] = "superdiagnostic",
                  fs: Literal[100, 500] = 100, min_count: int = 0, min_records_per_patient: int = 2,
-                 segment: Literal["full", "qrs"] = "full", segment_s: float = 2.0, strict: bool = False):
+                 segment: Literal["full", "qrs"] = "full", segment_s: float = 2.0, strict: bool = False,
+                 background_patients: bool = False):
         if min_count < 0:
             raise ConfigError(f"data.min_count: must be 0 or more, got {min_count}")
         if min_records_per_patient < 2:
             raise ConfigError("data.min_records_per_patient: identification needs at least 2 records per "
                               f"patient (one to train on, one to test), got {min_records_per_patient}")
+        if background_patients and task != "identification":
+            raise ConfigError(f"data.background_patients: only for task identification (it adds patients as "
+                              f"classes), not {task}; remove it")
         if not 0 < segment_s <= RECORD_S:
             raise ConfigError(f"data.segment_s: must be in (0, {RECORD_S:g}] seconds, got {segment_s}")
         self.root, self.task, self.fs, self.strict = Path(root).expanduser(), task, int(fs), strict
         self.min_count, self.min_records_per_patient = min_count, min_records_per_patient
         self.segment, self.segment_s = segment, segment_s
+        self.background_patients = background_patients
         if segment == "qrs":
             self.record_length_s = segment_s
         if not self.root.is_dir():
@@ -230,13 +244,19 @@ class PTBXL(ECGAdapter):
 
     def _identification(self, df: pd.DataFrame):
         counts = df["patient_id"].map(df["patient_id"].value_counts())
-        keep = (counts >= self.min_records_per_patient).to_numpy()
-        dropped = [str(i) for i in df.index[~keep]]
-        df = df[keep]
-        patients = sorted(df["patient_id"].unique())
+        enrolled = (counts >= self.min_records_per_patient).to_numpy()
+        if self.background_patients:
+            dropped = []
+            folds = np.full(len(df), FOLD_TRAIN, np.int64)
+            folds[enrolled] = identification_folds(df[enrolled]).to_numpy(np.int64)
+        else:
+            dropped = [str(i) for i in df.index[~enrolled]]
+            df, enrolled = df[enrolled], enrolled[enrolled]
+            folds = identification_folds(df).to_numpy(np.int64)
+        patients = sorted(df["patient_id"][enrolled].unique()) + sorted(df["patient_id"][~enrolled].unique())
         class_names = [_patient(p) for p in patients]
         labels = df["patient_id"].map({p: k for k, p in enumerate(patients)}).to_numpy(np.int64)
-        return df, labels, class_names, identification_folds(df).to_numpy(np.int64), dropped
+        return df, labels, class_names, folds, dropped
 
     def records(self) -> RecordSet:
         return self._records
@@ -288,5 +308,5 @@ class PTBXL(ECGAdapter):
         digest = hashlib.sha256(json.dumps(file_fingerprint(files)).encode()).hexdigest()
         settings = {"root": str(self.root.resolve()), "task": self.task, "fs": self.fs, "min_count": self.min_count,
                     "min_records_per_patient": self.min_records_per_patient, "segment": self.segment,
-                    "segment_s": self.segment_s}
+                    "segment_s": self.segment_s, "background_patients": self.background_patients}
         return json.dumps({"files": digest, "n_files": len(files), **settings}, sort_keys=True)

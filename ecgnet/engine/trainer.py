@@ -67,6 +67,11 @@ class PreparedData:
         return self.records.labels
 
 
+# Enough rows for every class of the single-label datasets' own metrics (CinC 2017's 4, AAMI's 5),
+# few enough for the 18,869 patients of PTB-XL identification with background patients.
+MONITOR_CHECK_CLASSES = 256
+
+
 def monitor_mode(cfg_train: dict) -> str:
     if cfg_train["monitor_mode"] != "auto":
         return cfg_train["monitor_mode"]
@@ -75,12 +80,13 @@ def monitor_mode(cfg_train: dict) -> str:
 
 def check_monitor(monitor: str, records: RecordSet, adapter: ECGAdapter) -> None:
     """Refuse a ``train.monitor`` that validation never reports, before any training: the names are
-    found by scoring a made-up prediction in which every class occurs, with the dataset's own metrics."""
+    found by scoring a made-up prediction in which every class occurs (single-label: the first
+    ``MONITOR_CHECK_CLASSES``; the names do not depend on how many), with the dataset's own metrics."""
     c = records.num_classes
-    y = np.eye(c, dtype=np.float32)
+    y = np.eye(c if records.multilabel else min(c, MONITOR_CHECK_CLASSES), c, dtype=np.float32)
     if records.multilabel:
         y = np.vstack([y, np.zeros((1, c), np.float32)])      # every class also has a negative
-    metrics = classification_metrics(y, y, y, records.class_names, records.multilabel)
+    metrics = classification_metrics(y, y, y, records.class_names, records.multilabel, confusion=False)
     metrics.update(adapter.dataset_metrics(y, y, y))
     names = ["val/loss", *(f"val/{k}" for k in summary(metrics))]
     if monitor not in names:
@@ -243,7 +249,8 @@ class Trainer:
         """val/... metrics of validation predictions (per unit) under ``thresholds`` (None: 0.5 / argmax)."""
         records = self.data.records
         decisions = decide(probs, thresholds, records.multilabel)
-        metrics = classification_metrics(y, probs, decisions, records.class_names, records.multilabel)
+        metrics = classification_metrics(y, probs, decisions, records.class_names, records.multilabel,
+                                         confusion=False)    # not logged; evaluate writes it
         metrics.update(self.data.adapter.dataset_metrics(y, probs, decisions))
         val = {"val/loss": loss, **{f"val/{k}": v for k, v in summary(metrics).items()}}
         # rank 0's numbers everywhere: equal inputs give equal metrics already, but a last-bit difference
