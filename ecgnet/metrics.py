@@ -13,6 +13,11 @@ from sklearn.metrics import (accuracy_score, average_precision_score, confusion_
 
 log = logging.getLogger(__name__)
 
+#: single-label tasks with more classes than this keep only the confusion matrix's non-zero cells, as
+#: ``confusion_pairs`` [[true, predicted, count], ...]: the dense matrix of PTB-XL identification with
+#: background patients (18,869 classes) has 356 M cells, and writing it ran evaluate out of memory
+DENSE_CONFUSION_MAX_CLASSES = 1000
+
 
 def per_class_auroc(y_true: np.ndarray, probs: np.ndarray) -> list[float | None]:
     """AUROC per class; None for a class that is constant in ``y_true`` (undefined)."""
@@ -40,8 +45,8 @@ def _mean_defined(values: list[float | None]) -> float | None:
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, decisions: np.ndarray,
                            class_names: Sequence[str], multilabel: bool, confusion: bool = True) -> dict:
     """y_true, decisions: (N, C) 0/1; probs: (N, C). Returns summary numbers plus
-    ``per_class`` rows and confusion matrices (lists, JSON-ready; ``confusion=False`` leaves them out:
-    a single-label matrix has C x C cells, 356 M for the 18,869 patients of PTB-XL identification).
+    ``per_class`` rows and confusion matrices (lists, JSON-ready; ``confusion=False`` leaves them out,
+    and above ``DENSE_CONFUSION_MAX_CLASSES`` single-label classes only the non-zero cells are kept).
 
     Macro averages leave out the classes where the metric is undefined and name them:
     ``auroc_undefined`` (AUROC needs both outcomes), ``auprc_undefined`` (needs a positive) and
@@ -80,7 +85,10 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, decisions: np.
     if not multilabel:
         true_idx, pred_idx = y_true.argmax(1), decisions.argmax(1)
         out["accuracy"] = float(accuracy_score(true_idx, pred_idx))
-        if confusion:
+        if confusion and len(labels) > DENSE_CONFUSION_MAX_CLASSES:
+            cells, counts = np.unique(np.stack([true_idx, pred_idx], 1), axis=0, return_counts=True)
+            out["confusion_pairs"] = [[int(t), int(p), int(n)] for (t, p), n in zip(cells, counts)]
+        elif confusion:
             out["confusion_matrix"] = confusion_matrix(true_idx, pred_idx, labels=labels).tolist()
     elif confusion:
         out["confusion_matrix"] = multilabel_confusion_matrix(y_true, decisions, labels=labels).tolist()

@@ -86,11 +86,12 @@ def summary_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def per_class_table(metrics: dict) -> str:
-    """Se (recall), +P (precision), Sp (specificity), F1, AUROC, AUPRC per class; F1 and AUROC with CIs."""
+def per_class_table(metrics: dict, limit: int | None = None) -> str:
+    """Se (recall), +P (precision), Sp (specificity), F1, AUROC, AUPRC per class; F1 and AUROC with CIs.
+    ``limit``: at most that many rows, then one line saying how many more there are."""
     cols = [("recall", "Se"), ("precision", "+P"), ("specificity", "Sp"), ("f1", "F1"), ("auroc", "AUROC"),
             ("auprc", "AUPRC"), ("support", "n")]
-    rows = metrics["per_class"]
+    rows = metrics["per_class"][:limit]
     cells = [[_with_ci(r[c], r.get(f"{c}_ci")) if c in ("f1", "auroc") else _fmt(r[c]) for c, _ in cols]
              for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in cells)) + 2 for i, (_, h) in enumerate(cols)]
@@ -98,6 +99,8 @@ def per_class_table(metrics: dict) -> str:
     lines = ["class".ljust(first) + "".join(h.rjust(w) for (_, h), w in zip(cols, widths))]
     for r, row in zip(rows, cells):
         lines.append(r["class"].ljust(first) + "".join(c.rjust(w) for c, w in zip(row, widths)))
+    if len(metrics["per_class"]) > len(rows):
+        lines.append(f"... and {len(metrics['per_class']) - len(rows)} more classes (all of them: per_class.csv)")
     return "\n".join(lines)
 
 
@@ -162,6 +165,18 @@ def plot_pr(y_true: np.ndarray, probs: np.ndarray, metrics: dict, path: Path, ti
 
 
 def plot_confusion(metrics: dict, class_names: Sequence[str], multilabel: bool, path: Path, title: str) -> None:
+    if "confusion_pairs" in metrics:     # thousands of single-label classes: the non-zero cells, as dots
+        cells = np.asarray(metrics["confusion_pairs"], dtype=np.int64).reshape(-1, 3)
+        row_total = np.bincount(cells[:, 0], weights=cells[:, 2], minlength=len(class_names))
+        fig, ax = plt.subplots(figsize=(7, 7))
+        dots = ax.scatter(cells[:, 1], cells[:, 0], c=cells[:, 2] / row_total[cells[:, 0]], cmap="Blues",
+                          vmin=0, vmax=1, s=4, edgecolors="none")
+        fig.colorbar(dots, ax=ax, shrink=0.8, label="share of the true class's records")
+        ax.set(xlim=(-0.5, len(class_names) - 0.5), ylim=(len(class_names) - 0.5, -0.5),
+               xlabel="predicted class", ylabel="true class",
+               title=f"{len(class_names)} classes, non-zero cells (counts in metrics.json)")
+        _save(fig, path, title)
+        return
     cm = np.asarray(metrics["confusion_matrix"])
     if len(class_names) > MAX_PLOTTED_CLASSES:
         # too many classes for a cell each: single-label rows normalised to the true class; multi-label
@@ -189,6 +204,10 @@ def plot_confusion(metrics: dict, class_names: Sequence[str], multilabel: bool, 
         fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n, 0.8 + 0.7 * n))
         _draw_matrix(ax, cm, class_names)
         ax.set(xlabel="predicted", ylabel="true")
+    _save(fig, path, title)
+
+
+def _save(fig, path: Path, title: str) -> None:
     # wrapped to the figure's width: a few classes make a narrow figure and a run's name is long
     fig.suptitle(textwrap.fill(title, max(30, int(fig.get_figwidth() * 11))), fontsize=9)
     fig.tight_layout()

@@ -272,7 +272,7 @@ def test_plots_of_thousands_of_classes_stay_small_and_quick(tmp_path):
     """Person identification has ~2,100 classes: one micro-averaged curve and one confusion image
     (a curve and an annotated cell per class made a 1,500-inch figure that took minutes)."""
     from ecgnet.metrics import classification_metrics
-    from ecgnet.reports import MAX_PLOTTED_CLASSES, plot_confusion, plot_pr, plot_roc
+    from ecgnet.reports import MAX_PLOTTED_CLASSES, per_class_table, plot_confusion, plot_pr, plot_roc
     rng = np.random.default_rng(0)
     n = 400
     y = np.eye(n, dtype=np.int64)
@@ -286,5 +286,35 @@ def test_plots_of_thousands_of_classes_stay_small_and_quick(tmp_path):
     plot_pr(y, probs, metrics, tmp_path / "pr.png", "t")
     plot_confusion(metrics, names, False, tmp_path / "confusion.png", "t")
     assert n > MAX_PLOTTED_CLASSES
+    lines = per_class_table(metrics, MAX_PLOTTED_CLASSES).splitlines()     # what evaluate prints
+    assert len(lines) == 1 + MAX_PLOTTED_CLASSES + 1 and lines[1].startswith("p0 ")
+    assert lines[-1] == f"... and {n - MAX_PLOTTED_CLASSES} more classes (all of them: per_class.csv)"
+    assert len(per_class_table(metrics).splitlines()) == 1 + n                 # summary.txt: every class
     for f in ("roc.png", "pr.png", "confusion.png"):
         assert 0 < (tmp_path / f).stat().st_size < 2_000_000, f
+
+
+def test_many_single_label_classes_keep_only_the_non_zero_confusion_cells(tmp_path, monkeypatch):
+    """Above DENSE_CONFUSION_MAX_CLASSES (PTB-XL identification with background patients: 18,869, whose
+    dense matrix ran evaluate out of memory) metrics.json holds [true, predicted, count] per non-zero cell."""
+    from sklearn.metrics import confusion_matrix
+    from ecgnet import metrics as metrics_module
+    from ecgnet.reports import plot_confusion
+    rng = np.random.default_rng(1)
+    n, c = 300, 250
+    true_idx, pred_idx = rng.integers(0, c, n), rng.integers(0, c, n)
+    pred_idx[:200] = true_idx[:200]
+    y, decisions = np.eye(c, dtype=np.int64)[true_idx], np.eye(c, dtype=np.int64)[pred_idx]
+    probs = 0.5 * decisions + rng.random((n, c)) / c
+    names = [f"p{i}" for i in range(c)]
+    dense = metrics_module.classification_metrics(y, probs, decisions, names, False)
+    monkeypatch.setattr(metrics_module, "DENSE_CONFUSION_MAX_CLASSES", 100)
+    sparse = metrics_module.classification_metrics(y, probs, decisions, names, False)
+    assert "confusion_pairs" in sparse and "confusion_matrix" not in sparse
+    cm = confusion_matrix(true_idx, pred_idx, labels=range(c))
+    assert sorted(map(tuple, sparse["confusion_pairs"])) == [(t, p, cm[t, p]) for t, p in zip(*np.nonzero(cm))]
+    assert np.array_equal(np.asarray(dense["confusion_matrix"]), cm)
+    assert {k: v for k, v in sparse.items() if k != "confusion_pairs"} == \
+        {k: v for k, v in dense.items() if k != "confusion_matrix"}
+    plot_confusion(sparse, names, False, tmp_path / "confusion.png", "t")
+    assert 0 < (tmp_path / "confusion.png").stat().st_size < 2_000_000

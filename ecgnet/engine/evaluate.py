@@ -24,7 +24,7 @@ from ..ensemble import majority_vote, mean_probability
 from ..html_report import write_html_report
 from ..metrics import aami_table, classification_metrics, is_aami
 from ..registry import ConfigError, DataError
-from ..reports import per_class_table, summary_table, write_json, write_model_report
+from ..reports import MAX_PLOTTED_CLASSES, per_class_table, summary_table, write_json, write_model_report
 from ..thresholds import decide
 from .checkpoint import load_finished
 from .distributed import resolve_num_workers
@@ -362,12 +362,12 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
     cal_note = f"probabilities {calibrated}: ECE {cal['ece']:.4f}, Brier {cal['brier']:.4f}"
     if "uncalibrated" in cal:
         cal_note += f" (uncalibrated: ECE {cal['uncalibrated']['ece']:.4f}, Brier {cal['uncalibrated']['brier']:.4f})"
-    text = (f"{split} split, {results[main]['n']} {unit}, windows combined by {aggregate}, {decision}: "
-            f"{run_dir or ', '.join(str(c) for c in ckpts)}\n"
-            f"{ci_note}\n{cal_note}\n{summary_table(results)}\n\n"
-            f"per class ({main}):\n{per_class_table(results[main])}\n")
-    if is_aami(records.class_names, records.multilabel):
-        text += f"\nAAMI beat classes ({main}):\n{aami_table(results[main])}\n"
+    opening = (f"{split} split, {results[main]['n']} {unit}, windows combined by {aggregate}, {decision}: "
+               f"{run_dir or ', '.join(str(c) for c in ckpts)}\n"
+               f"{ci_note}\n{cal_note}\n{summary_table(results)}\n\nper class ({main}):\n")
+    aami = (f"\nAAMI beat classes ({main}):\n{aami_table(results[main])}\n"
+            if is_aami(records.class_names, records.multilabel) else "")
+    text = f"{opening}{per_class_table(results[main])}\n{aami}"
     (out_dir / "summary.txt").write_text(text)
     info = {"command": sys.argv, "split": split, "main": main, "models": list(results),
             "aggregate": aggregate, "thresholds": cfg["eval"]["thresholds"], "bootstrap": resamples,
@@ -387,8 +387,9 @@ def evaluate(ckpt: str | Path | list, split: str | None = None, out: str | Path 
                                         decided[main], cfg["eval"]["explain_examples"], out_dir / "examples")
         head = text.split("\n")[:3]
         write_html_report(out_dir, title, head, results, main, out_dir if len(results) == 1 else out_dir / main, cfg,
-                          info, examples, extra_text=text[text.index("AAMI"):] if "\nAAMI" in text else None)
-    print(text + f"\nreports: {out_dir}")
+                          info, examples, extra_text=aami.lstrip("\n") or None)
+    # summary.txt has every class; the terminal the first MAX_PLOTTED_CLASSES (identification: thousands)
+    print(f"{opening}{per_class_table(results[main], MAX_PLOTTED_CLASSES)}\n{aami}\nreports: {out_dir}")
     return results
 
 
