@@ -50,6 +50,11 @@ def test_two_workers_continue_a_cut_run_start_the_next_and_score_each_test_split
                     "train.tensorboard=false", *TINY.split()], check=True, capture_output=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
     fold0 = (cut / "fold0" / "last.pt").stat().st_mtime_ns
+    # the claims an invocation killed by a session's end left behind (its process is gone)
+    gone = subprocess.run(["bash", "-c", "echo $$"], capture_output=True, text=True, check=True).stdout.strip()
+    (runs / ".fivefold.killed").mkdir()
+    (runs / ".fivefold.killed" / "pid").write_text(gone + "\n")
+    (runs / ".fivefold.killed" / "resnet1d_superdiagnostic.fold1").mkdir()
     # the second run named by its config file's path (any dataset's config can be given so)
     second = REPO / "cfgs" / "ptbxl" / "resnet1d_diagnostic.yaml"
     result = fivefold(ptbxl, runs, "resnet1d_superdiagnostic", str(second))
@@ -78,7 +83,23 @@ def test_two_workers_continue_a_cut_run_start_the_next_and_score_each_test_split
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already evaluated on the test split; left alone") == 2
     assert (new / "eval" / "test" / "metrics.json").stat().st_mtime_ns == scored
-    assert not list(runs.glob(".fivefold.*"))      # the claims of an invocation go with it
+    assert not list(runs.glob(".fivefold.*"))      # the claims of an invocation go with it, the stale ones too
+
+
+def test_a_second_invocation_is_refused_while_one_trains_in_the_runs_dir(ptbxl, tmp_path):
+    runs = tmp_path / "runs"
+    (runs / ".fivefold.other").mkdir(parents=True)
+    # a stand-in for a running fivefold.sh: a process whose command line names it
+    other = subprocess.Popen(["bash", "-c", "exec -a fivefold.sh sleep 60"])
+    try:
+        (runs / ".fivefold.other" / "pid").write_text(f"{other.pid}\n")
+        result = fivefold(ptbxl, runs, "resnet1d_superdiagnostic")
+    finally:
+        other.kill()
+        other.wait()
+    assert result.returncode == 2
+    assert f"another fivefold.sh (pid {other.pid}) is training here" in result.stderr
+    assert (runs / ".fivefold.other").is_dir() and not (runs / "resnet1d_superdiagnostic_5fold").exists()
 
 
 def test_a_failed_training_is_not_scored(ptbxl, tmp_path):

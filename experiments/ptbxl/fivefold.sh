@@ -16,6 +16,7 @@
 # its number alone): a worker that is done with one run's folds goes on to the next run's instead of waiting
 # for the others, and whoever trains a run's last fold scores it. Worker i logs to NAME_5fold.out (i = 0) or
 # NAME_5fold.p<i>.out. On C cores, P processes of OMP_NUM_THREADS=C/P threads finish sooner than one of C.
+# One invocation at a time trains in a RUNS_DIR: a second one is refused while the first runs.
 # OPTS="key=value ..." adds --opts to a run's start (e.g. OPTS="train.amp=false" for an ablation); a continued
 # run keeps the options it was started with.
 set -euo pipefail
@@ -46,6 +47,18 @@ for arg in "$@"; do
   names+=("$name")
 done
 mkdir -p "$runs"
+# An invocation's claims (below) go with it, but a session's end or kill -9 skips its EXIT trap: remove the
+# claims of invocations that are gone, and refuse to run beside one that is still here (both would train the
+# same folds into the same files).
+for other in "$runs"/.fivefold.*; do
+  [[ -d $other ]] || continue
+  pid=$(cat "$other/pid" 2>/dev/null || true)
+  if [[ $pid =~ ^[0-9]+$ ]] && ps -p "$pid" -o args= 2>/dev/null | grep -q fivefold; then
+    echo "error: $runs: another fivefold.sh (pid $pid) is training here; wait for it to end, or stop it" >&2
+    exit 2
+  fi
+  rm -rf "$other"
+done
 
 todo=()
 for name in "${names[@]}"; do
@@ -59,6 +72,7 @@ done
 # this invocation's claims: mkdir is atomic, so each fold (and each run's start and scoring) goes to one worker
 claims=$(mktemp -d "$runs/.fivefold.XXXXXX")
 trap 'rm -rf "$claims"' EXIT
+echo $$ > "$claims/pid"
 
 # train fold K of NAME -> 0 trained, 1 failed, 3 not started because another worker's training failed
 train_fold() {
